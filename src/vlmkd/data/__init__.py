@@ -1,0 +1,47 @@
+"""Data: formats -> manifests, long-tail tools, samplers, transforms, datasets."""
+
+from __future__ import annotations
+
+from vlmkd.config import DataConfig
+from vlmkd.data.formats import FORMATS, list_formats
+from vlmkd.data.longtail import base_novel_split, make_longtail, stratified_holdout
+from vlmkd.data.manifest import Manifest
+from vlmkd.errors import DataError
+
+__all__ = ["Manifest", "build_manifests", "list_formats"]
+
+
+def build_manifests(cfg: DataConfig) -> dict[str, Manifest]:
+    """All splits of the configured dataset, after long-tail subsampling and the optional base/novel split.
+
+    Keys: "train" (the student set), "test", and when configured "val", "pool" (the disjoint balanced pool),
+    and for open-vocabulary runs "id" (held-out base-class images) and "ood" (all novel-class images of train and
+    test, relabelled 0..num_novel-1); in that case "train"/"val"/"test" are restricted to the base classes.
+    """
+    splits = FORMATS.build(cfg.format, cfg=cfg)
+    full_train = splits["train"]
+    if len(full_train) == 0:
+        raise DataError(f"the {cfg.format} training split under {cfg.root!r} has no images; check data.root")
+    train, pool = make_longtail(full_train, cfg.longtail)
+    out = {"train": train, **{k: v for k, v in splits.items() if k != "train"}}
+    if pool is not None:
+        out["pool"] = pool
+    if "val" not in out and cfg.val_fraction > 0:
+        out["train"], out["val"] = stratified_holdout(
+            out["train"], cfg.val_fraction, cfg.longtail.seed, "val"
+        )
+    if cfg.split.num_novel or cfg.split.novel_classes:
+        base, novel = base_novel_split(full_train.num_classes, cfg.split)
+        ood_train = full_train.relabel(novel, "ood")
+        # X_ood: every image of the novel classes, the held-out training images and the test images alike
+        out["ood"] = ood_train
+        if "test" in out:
+            out["ood_test"] = out["test"].relabel(novel, "ood_test")
+        for k in ("train", "val", "test"):
+            if k in out:
+                out[k] = out[k].relabel(base, k)
+        out["train"], out["id"] = stratified_holdout(
+            out["train"], cfg.split.id_fraction, cfg.split.seed, "id"
+        )
+        out["train"].source = {**out["train"].source, "base_classes": base, "novel_classes": novel}
+    return out

@@ -1,0 +1,108 @@
+"""Long-tail tools: profiles, the disjoint pretraining pool, Many/Medium/Few buckets, base/novel class splits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vlmkd.config import LongTailConfig, SplitConfig
+from vlmkd.data.manifest import Manifest
+from vlmkd.errors import ConfigError, DataError
+
+
+def exponential_profile(num_classes: int, n_max: int, imbalance_factor: float) -> np.ndarray:
+    """n_i = floor(n_max * IF^(-i/(C-1))), at least 1 image per class."""
+    if imbalance_factor < 1:
+        raise ConfigError(f"data.longtail.imbalance_factor must be >= 1, got {imbalance_factor}")
+    if num_classes == 1:
+        return np.array([n_max], dtype=np.int64)
+    i = np.arange(num_classes)
+    return np.maximum(1, np.floor(n_max * imbalance_factor ** (-i / (num_classes - 1)) + 1e-9)).astype(
+        np.int64
+    )
+
+
+def step_profile(num_classes: int, n_max: int, imbalance_factor: float) -> np.ndarray:
+    """First half of the classes keep n_max, the rest n_max / IF (the 'step' profile of Buda et al.)."""
+    counts = np.full(num_classes, n_max, dtype=np.int64)
+    counts[num_classes // 2 :] = max(1, int(n_max / imbalance_factor))
+    return counts
+
+
+PROFILES = {"exp": exponential_profile, "step": step_profile}
+
+
+def _per_class_indices(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.permutation(np.nonzero(labels == c)[0]) for c in range(num_classes)]
+
+
+def make_longtail(manifest: Manifest, cfg: LongTailConfig) -> tuple[Manifest, Manifest | None]:
+    """(long-tailed student set, disjoint balanced pool or None). Seeded; the pool is taken out first."""
+    rng = np.random.default_rng(cfg.seed)
+    C = manifest.num_classes
+    per_class = _per_class_indices(manifest.labels, C, rng)
+    pool_idx = None
+    if cfg.pool_per_class > 0:
+        short = [c for c in range(C) if len(per_class[c]) <= cfg.pool_per_class]
+        if short:
+            raise DataError(
+                f"class {manifest.class_names[short[0]]!r} has too few images for a pool of "
+                f"{cfg.pool_per_class}; lower data.longtail.pool_per_class"
+            )
+        pool_idx = np.sort(np.concatenate([p[: cfg.pool_per_class] for p in per_class]))
+        per_class = [p[cfg.pool_per_class :] for p in per_class]
+    if cfg.imbalance_factor == 1 and cfg.n_max is None:
+        keep = np.sort(np.concatenate(per_class))
+    else:
+        if cfg.profile not in PROFILES:
+            raise ConfigError(
+                f"unknown long-tail profile {cfg.profile!r}; choose one of: {', '.join(PROFILES)}"
+            )
+        available = np.array([len(p) for p in per_class])
+        n_max = cfg.n_max or int(available.min())
+        target = PROFILES[cfg.profile](C, n_max, cfg.imbalance_factor)
+        order = np.arange(C) if cfg.class_order == "index" else rng.permutation(C)
+        counts = np.empty(C, dtype=np.int64)
+        counts[order] = target
+        if (counts > available).any():
+            c = int(np.nonzero(counts > available)[0][0])
+            raise DataError(
+                f"class {manifest.class_names[c]!r} has {available[c]} images but the profile asks for {counts[c]}; "
+                "lower data.longtail.n_max"
+            )
+        keep = np.sort(np.concatenate([per_class[c][: counts[c]] for c in range(C)]))
+    student = manifest.subset(keep, "train")
+    pool = manifest.subset(pool_idx, "pool") if pool_idx is not None else None
+    return student, pool
+
+
+def stratified_holdout(
+    manifest: Manifest, fraction: float, seed: int, split_name: str
+) -> tuple[Manifest, Manifest]:
+    """Split off `fraction` of every class (at least one image per class stays in the rest)."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for idx in _per_class_indices(manifest.labels, manifest.num_classes, rng):
+        k = min(int(round(len(idx) * fraction)), max(len(idx) - 1, 0))
+        held.append(idx[:k])
+    held_idx = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
+    rest = np.setdiff1d(np.arange(len(manifest)), held_idx)
+    return manifest.subset(rest), manifest.subset(held_idx, split_name)
+
+
+def bucket_of_counts(counts: np.ndarray, many_threshold: int = 100, few_threshold: int = 20) -> list[str]:
+    """'many' (> many_threshold), 'few' (< few_threshold) or 'medium' per class."""
+    return ["many" if n > many_threshold else "few" if n < few_threshold else "medium" for n in counts]
+
+
+def base_novel_split(num_classes: int, cfg: SplitConfig) -> tuple[list[int], list[int]]:
+    """Seeded (base, novel) class ids; an explicit `novel_classes` list wins."""
+    if cfg.novel_classes:
+        novel = sorted(int(c) for c in cfg.novel_classes)
+        if any(c < 0 or c >= num_classes for c in novel):
+            raise ConfigError(f"data.split.novel_classes must lie in 0..{num_classes - 1}")
+    else:
+        if not 0 < cfg.num_novel < num_classes:
+            raise ConfigError(f"data.split.num_novel must be between 1 and {num_classes - 1}")
+        novel = sorted(np.random.default_rng(cfg.seed).permutation(num_classes)[: cfg.num_novel].tolist())
+    base = [c for c in range(num_classes) if c not in set(novel)]
+    return base, novel

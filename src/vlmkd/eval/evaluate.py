@@ -1,0 +1,85 @@
+"""Evaluation of a student on the run's splits: metrics per split, the summary of a run, `vlmkd eval`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlmkd.config import Config
+from vlmkd.data.manifest import Manifest
+from vlmkd.eval.metrics import average_last_k, classification_metrics
+from vlmkd.eval.predict import cosine_logits, student_outputs
+
+
+def split_logits(outputs: dict[str, np.ndarray], split: str, eval_spec) -> np.ndarray:
+    if eval_spec.mode == "logits":
+        return outputs["logits"]
+    key = split if split in eval_spec.class_text else "train"
+    return cosine_logits(outputs["embedding"], eval_spec.class_text[key], eval_spec.temperature)
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    manifests: dict[str, Manifest],
+    split: str,
+    cfg: Config,
+    eval_spec,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    m = manifests[split]
+    out = student_outputs(model, m, cfg.data, device, desc=f"eval {split}")
+    logits = split_logits(out, split, eval_spec)
+    # Long-tail buckets are defined by the training counts of the classes this split is scored on.
+    counts = manifests["train"].class_counts() if m.class_names == manifests["train"].class_names else None
+    return classification_metrics(
+        logits.argmax(1),
+        out["labels"],
+        m.num_classes,
+        counts,
+        cfg.data.many_threshold,
+        cfg.data.few_threshold,
+        cfg.eval.tail_classes,
+    )
+
+
+def evaluate_run(
+    model: torch.nn.Module,
+    manifests: dict[str, Manifest],
+    cfg: Config,
+    eval_spec,
+    device: torch.device | str = "cpu",
+    history: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    train = manifests["train"]
+    summary: dict[str, Any] = {
+        "dataset": cfg.data.format,
+        "class_names": train.class_names,
+        "train_counts": train.class_counts().tolist(),
+        "model": cfg.model.name,
+        "losses": {
+            k: {"name": v.name, "weight": v.weight, **({"args": v.args} if v.args else {})}
+            for k, v in cfg.losses.items()
+            if v.weight
+        },
+        "splits": {},
+    }
+    for split in ("test", "val", "id", "ood_test"):
+        if split in manifests and len(manifests[split]):
+            if split.startswith("ood") and eval_spec.mode == "logits":
+                continue  # a closed-set classifier cannot score novel classes
+            summary["splits"][split] = evaluate_split(model, manifests, split, cfg, eval_spec, device)
+    headline = summary["splits"].get("test") or next(iter(summary["splits"].values()), {})
+    summary.update(
+        {k: headline.get(k) for k in ("overall", "mean_per_class", "many", "medium", "few", "tail")}
+    )
+    if history:
+        summary["history"] = history
+        key = "mean_per_class"
+        vals = [h[key] for h in history if h.get(key) is not None]
+        if vals:
+            summary[f"{cfg.eval.select_on}_last{cfg.eval.last_k_average}_{key}"] = average_last_k(
+                vals, cfg.eval.last_k_average
+            )
+    return summary

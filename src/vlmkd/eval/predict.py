@@ -1,0 +1,54 @@
+"""Running a student over a manifest: logits or embeddings, batched, with a progress bar."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from vlmkd.config import DataConfig
+from vlmkd.data.dataset import ManifestDataset, collate_skip
+from vlmkd.data.manifest import Manifest
+from vlmkd.data.transforms import build_transform
+from vlmkd.engine.checkpoint import unwrap
+from vlmkd.utils.progress import progress
+
+
+@torch.no_grad()
+def student_outputs(
+    student: torch.nn.Module,
+    manifest: Manifest,
+    data_cfg: DataConfig,
+    device: str | torch.device = "cpu",
+    desc: str = "eval",
+) -> dict[str, np.ndarray]:
+    """{"logits"?, "embedding"?, "labels", "index"} over the manifest (eval transform, no augmentation)."""
+    model = unwrap(student)
+    was_training = model.training
+    model.eval()
+    ds = ManifestDataset(manifest, build_transform(data_cfg, train=False), on_bad_image=data_cfg.on_bad_image)
+    dl = DataLoader(
+        ds,
+        batch_size=data_cfg.eval_batch_size,
+        shuffle=False,
+        num_workers=data_cfg.num_workers,
+        collate_fn=collate_skip,
+    )
+    chunks: dict[str, list[np.ndarray]] = {}
+    for batch in progress(dl, desc=desc, unit="batch"):
+        if "image" not in batch:
+            continue
+        out = model(batch["image"].to(device))
+        for k in ("logits", "embedding"):
+            if k in out:
+                chunks.setdefault(k, []).append(out[k].float().cpu().numpy())
+        chunks.setdefault("labels", []).append(batch["label"].numpy())
+        chunks.setdefault("index", []).append(batch["index"].numpy())
+    model.train(was_training)
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def cosine_logits(embedding: np.ndarray, class_text: np.ndarray, temperature: float = 0.07) -> np.ndarray:
+    e = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+    w = class_text / np.maximum(np.linalg.norm(class_text, axis=1, keepdims=True), 1e-12)
+    return e @ w.T / temperature

@@ -1,0 +1,131 @@
+"""Config -> task: student, loss terms (with class counts injected), teachers and cached extras."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlmkd.config import Config
+from vlmkd.data.manifest import Manifest
+from vlmkd.errors import ConfigError
+from vlmkd.students import create_student
+from vlmkd.tasks.distill import DistillTask, LossSpec
+
+
+@dataclass
+class EvalSpec:
+    """How predictions are made: from classifier logits, or by cosine to class-text embeddings."""
+
+    mode: str = "logits"  # logits | cosine
+    temperature: float = 0.07
+    class_text: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # split -> C_split x D class-text embeddings
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "temperature": self.temperature, "splits": sorted(self.class_text)}
+
+
+def _build_loss(name: str, args: dict[str, Any], train_counts: np.ndarray):
+    from vlmkd.losses import LOSSES
+
+    fn = LOSSES.get(name)
+    args = dict(args)
+    if "class_counts" in inspect.signature(fn).parameters and "class_counts" not in args:
+        args["class_counts"] = train_counts.tolist()
+    return LOSSES.build(name, **args)
+
+
+def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device):
+    """(task, per-sample extras for the training dataset, EvalSpec)."""
+    train = manifests["train"]
+    counts = train.class_counts()
+    terms: list[LossSpec] = []
+    for term, spec in cfg.losses.items():
+        if spec.weight == 0:
+            continue  # a weight of 0 switches a term off (ablations are one override each)
+        terms.append(LossSpec(term, spec.weight, _build_loss(spec.name, spec.args, counts)))
+    needed = {n for t in terms for n in t.module.inputs}
+
+    extras: dict[str, Any] = {}
+    eval_spec = EvalSpec()
+    class_text = None
+    embed_dim = cfg.model.embed_dim
+    if needed & {"class_text"} or cfg.model.head == "embedding":
+        from vlmkd.tasks.sources import load_class_text
+
+        class_text, per_split = load_class_text(cfg, manifests)
+        eval_spec = EvalSpec("cosine", _temperature(terms), per_split)
+        embed_dim = embed_dim or class_text.shape[1]
+    if "text_emb" in needed:
+        from vlmkd.tasks.sources import load_image_text
+
+        extras["text_emb"] = load_image_text(cfg, train)
+        embed_dim = embed_dim or extras["text_emb"].shape[-1]
+    if "teacher_features" in needed and cfg.clip.view == "clean":
+        from vlmkd.tasks.sources import load_teacher_features
+
+        extras["teacher_features"] = load_teacher_features(cfg, train, device)
+        embed_dim = embed_dim or extras["teacher_features"].shape[-1]
+    if needed & {"proj", "embedding"} and cfg.model.head == "classifier":
+        raise ConfigError("a loss uses the student's embedding; set model.head=both (or embedding)")
+
+    student = create_student(
+        cfg.model.name,
+        train.num_classes,
+        cfg.data.in_chans,
+        cfg.model.head,
+        embed_dim,
+        cfg.model.proj_type,
+        cfg.model.pretrained,
+        cfg.model.drop_rate,
+    )
+    if cfg.model.checkpoint:
+        from vlmkd.engine.checkpoint import load_student
+
+        init, _ = load_student(cfg.model.checkpoint)
+        missing = student.load_state_dict(init.state_dict(), strict=False)
+        if missing.unexpected_keys:
+            raise ConfigError(
+                f"model.checkpoint does not match model.name: unexpected {missing.unexpected_keys[:3]}"
+            )
+
+    vision_teacher = None
+    if "teacher_logits" in needed:
+        from vlmkd.teachers.vision import cached_teacher_logits, load_vision_teacher
+
+        teacher, teacher_id = load_vision_teacher(cfg.teacher, train.num_classes, cfg.data.in_chans, device)
+        if cfg.teacher.mode == "cached":
+            extras["teacher_logits"] = cached_teacher_logits(
+                teacher, teacher_id, train, cfg.data, cfg.teacher.cache_dir, device
+            )
+        elif cfg.teacher.mode == "live":
+            vision_teacher = teacher
+        else:
+            raise ConfigError(f"teacher.mode must be live or cached, got {cfg.teacher.mode!r}")
+
+    clip_teacher = None
+    if "teacher_features" in needed and cfg.clip.view != "clean":
+        raise ConfigError(
+            f"clip.view={cfg.clip.view!r} needs a live CLIP teacher in the batch; use clip.view=clean"
+        )
+    task = DistillTask(
+        student,
+        terms,
+        torch.as_tensor(class_text) if class_text is not None else None,
+        vision_teacher,
+        clip_teacher,
+    )
+    return task, extras, eval_spec
+
+
+def _temperature(terms: list[LossSpec]) -> float:
+    for t in terms:
+        temp = getattr(t.module, "temperature", None)
+        if isinstance(temp, float):
+            return temp
+    return 0.07

@@ -1,0 +1,1 @@
+"""Teachers: vision-language (CLIP-style) teachers and vision teachers for KD."""

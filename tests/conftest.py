@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests never touch the network: the hub is forced offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLMKD_NO_PROGRESS", "1")
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not any(FMNIST_DIR.glob("train-images-idx3-ubyte*")),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+
+def make_image_folder(
+    root: Path, classes=("cat", "dog", "owl"), per_class=(6, 4, 2), size=16, seed=0
+) -> Path:
+    """root/train/<class>/*.png and root/test/<class>/*.png with class-dependent colours."""
+    rng = np.random.default_rng(seed)
+    for split, counts in (("train", per_class), ("test", (3,) * len(classes))):
+        for c, (name, n) in enumerate(zip(classes, counts)):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = np.full((size, size, 3), 40 + 80 * c, dtype=np.uint8)
+                arr = np.clip(arr + rng.integers(0, 30, arr.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data")

@@ -1,0 +1,164 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import needs_fmnist
+from vlmkd.config import DataConfig, LongTailConfig, SplitConfig, load_config
+from vlmkd.data import build_manifests
+from vlmkd.data.dataset import ManifestDataset, collate_skip
+from vlmkd.data.longtail import base_novel_split, bucket_of_counts, exponential_profile, make_longtail
+from vlmkd.data.samplers import build_sampler
+from vlmkd.data.transforms import build_transform
+from vlmkd.errors import ConfigError, DataError
+
+
+def test_exponential_profile_golden():
+    # n_i = floor(1000 * 100^(-i/4)): 1000, 316.2, 100, 31.6, 10
+    assert exponential_profile(5, 1000, 100).tolist() == [1000, 316, 100, 31, 10]
+    assert exponential_profile(1, 7, 10).tolist() == [7]
+    with pytest.raises(ConfigError):
+        exponential_profile(3, 10, 0.5)
+
+
+def test_buckets():
+    assert bucket_of_counts(np.array([101, 100, 20, 19])) == ["many", "medium", "medium", "few"]
+
+
+def test_image_folder_and_longtail(image_folder):
+    ms = build_manifests(DataConfig(format="image_folder", root=str(image_folder)))
+    assert ms["train"].class_names == ["cat", "dog", "owl"]
+    assert ms["train"].class_counts().tolist() == [6, 4, 2] and len(ms["test"]) == 9
+    lt, pool = make_longtail(
+        ms["train"], LongTailConfig(imbalance_factor=2, n_max=3, pool_per_class=1, seed=1)
+    )
+    assert pool.class_counts().tolist() == [1, 1, 1]
+    assert lt.class_counts().tolist() == [3, 2, 1]  # floor(3 * 2^(-i/2)) = 3, 2.12, 1.5
+    assert not set(lt.ids) & set(pool.ids)  # the pool is disjoint
+
+
+def _write_list(root, lines):
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return DataConfig(format="split_list", root=str(root), train_list="train.txt")
+
+
+def test_split_list_errors(image_folder):
+    ok = _write_list(image_folder, ["train/cat/cat_0.png 0", "train/dog/dog_0.png 1"])
+    m = build_manifests(ok)["train"]
+    assert m.class_names == ["cat", "dog"] and m.labels.tolist() == [0, 1]
+    with pytest.raises(DataError, match="does not exist"):
+        build_manifests(_write_list(image_folder, ["train/cat/missing.png 0"]))
+    with pytest.raises(DataError, match="escapes the dataset root"):
+        build_manifests(_write_list(image_folder, ["../../etc/passwd 0"]))
+    with pytest.raises(DataError, match="escapes the dataset root"):
+        build_manifests(_write_list(image_folder, ["/etc/passwd 0"]))
+    (image_folder / "names.txt").write_text("cat\ndog\n")
+    cfg = _write_list(image_folder, ["train/cat/cat_0.png 5"])
+    cfg.class_names_file = "names.txt"
+    with pytest.raises(DataError, match="out of range"):
+        build_manifests(cfg)
+    with pytest.raises(DataError, match="expected 'relative/path label'"):
+        build_manifests(_write_list(image_folder, ["train/cat/cat_0.png"]))
+
+
+def test_missing_dataset_folder():
+    with pytest.raises(DataError, match="does not exist"):
+        build_manifests(DataConfig(format="image_folder", root="/nonexistent/folder"))
+
+
+def test_corrupt_image_error_and_skip(image_folder):
+    bad = image_folder / "train" / "cat" / "cat_0.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
+    m = build_manifests(DataConfig(format="image_folder", root=str(image_folder)))["train"]
+    i = m.paths.index("train/cat/cat_0.png")
+    tf = build_transform(DataConfig(image_size=16, in_chans=3), train=False)
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        ManifestDataset(m, tf)[i]
+    ds = ManifestDataset(m, tf, on_bad_image="skip")
+    batch = collate_skip([ds[j] for j in range(len(ds))])
+    assert batch["skipped"] == 1 and batch["image"].shape[0] == len(ds) - 1
+
+
+def test_cifar_and_inat_formats(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 1]}, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird"]}, f)
+    ms = build_manifests(DataConfig(format="cifar10", root=str(root), in_chans=3, image_size=32))
+    assert len(ms["train"]) == 20 and ms["train"].class_names[2] == "bird"
+    ds = ManifestDataset(
+        ms["train"], build_transform(DataConfig(format="cifar10", in_chans=3, image_size=32), True)
+    )
+    assert ds[0]["image"].shape == (3, 32, 32)
+
+    inat = tmp_path / "inat"
+    (inat / "train_val2018" / "a").mkdir(parents=True)
+    ann = {
+        "images": [{"id": 1, "file_name": "train_val2018/a/1.jpg"}],
+        "annotations": [{"image_id": 1, "category_id": 7}],
+        "categories": [{"id": 7, "name": "Aves"}, {"id": 3, "name": "Plantae"}],
+    }
+    (inat / "train2018.json").write_text(json.dumps(ann))
+    m = build_manifests(DataConfig(format="inat2018", root=str(inat)))["train"]
+    assert m.class_names == ["Plantae", "Aves"] and m.labels.tolist() == [1]
+
+
+@needs_fmnist
+def test_fashion_mnist_longtail_and_pool():
+    cfg = load_config(None, ["data.longtail.imbalance_factor=100", "data.longtail.pool_per_class=1000"])
+    ms = build_manifests(cfg.data)
+    counts = ms["train"].class_counts()
+    assert counts[0] == 5000 and counts[-1] == 50 and len(ms["test"]) == 10000
+    assert ms["pool"].class_counts().tolist() == [1000] * 10
+    assert not set(ms["pool"].indices.tolist()) & set(ms["train"].indices.tolist())
+    # same seed -> same split; another seed -> another split
+    assert build_manifests(cfg.data)["train"].key() == ms["train"].key()
+    cfg.data.longtail.seed = 1
+    assert build_manifests(cfg.data)["train"].key() != ms["train"].key()
+
+
+def test_base_novel_split():
+    base, novel = base_novel_split(10, SplitConfig(num_novel=5, seed=0))
+    assert len(novel) == 5 and sorted(base + novel) == list(range(10))
+    assert base_novel_split(10, SplitConfig(num_novel=5, seed=0)) == (base, novel)
+    with pytest.raises(ConfigError):
+        base_novel_split(10, SplitConfig(num_novel=10))
+
+
+@pytest.mark.parametrize("name", ["instance", "class_balanced", "sqrt"])
+def test_samplers_split_one_epoch_across_ranks(name):
+    labels = np.array([0] * 50 + [1] * 10 + [2] * 4)
+    one = list(build_sampler(name, labels, 1, 0, seed=3))
+    parts = [list(build_sampler(name, labels, 2, r, seed=3)) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == 32
+    interleaved = [x for pair in zip(*parts) for x in pair]
+    assert interleaved == one  # rank r takes the strided share of the same global list
+    s = build_sampler(name, labels, 1, 0, seed=3)
+    s.set_epoch(1)
+    assert list(s) != one
+
+
+def test_class_balanced_sampler_balances():
+    labels = np.array([0] * 1000 + [1] * 10)
+    s = build_sampler("class_balanced", labels, seed=0)
+    counts = np.bincount(labels[list(s)])
+    assert abs(counts[0] - counts[1]) < 0.1 * len(labels)
+
+
+def test_per_sample_augmentation(image_folder):
+    m = build_manifests(DataConfig(format="image_folder", root=str(image_folder)))["train"]
+    ds = ManifestDataset(m, build_transform(DataConfig(image_size=16, in_chans=3), train=True))
+    ds.seed = 0
+    a, b = ds[0]["image"], ds[0]["image"]
+    assert torch.equal(a, b)  # a function of (seed, epoch, index)
+    others = []
+    for epoch in range(1, 4):
+        ds.set_epoch(epoch)
+        others.append(ds[0]["image"])
+    assert any(not torch.equal(a, o) for o in others)  # a new draw every epoch, per sample
