@@ -67,9 +67,14 @@ class ManifestDataset(Dataset):
             return self.transform(img)
         # Seeding per sample makes augmentation independent of worker count, world size and resume point,
         # which is what makes a resumed or a 2-process run reproduce a plain one exactly.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+        # The CPU generator is seeded directly (torch.manual_seed would also queue CUDA seeding, which is slow).
+        gen = torch.random.default_generator
+        state = gen.get_state()
+        gen.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+        try:
             return self.transform(img)
+        finally:
+            gen.set_state(state)
 
 
 def collate_skip(batch: list[dict | None]) -> dict[str, Any]:
