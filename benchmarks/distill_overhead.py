@@ -1,0 +1,94 @@
+"""Training-step cost of the full VLM-KD task relative to plain cross-entropy, same student and batch.
+
+    python benchmarks/distill_overhead.py [--model cnn_small] [--batch 128] [--steps 30] [--size 28]
+
+Side by side in one run:
+  ce                      student + cross-entropy
+  vlmkd (cached)          student + balanced softmax + KD from cached teacher logits + text NCE on cached
+                          description embeddings (what `vlmkd train` does with teacher.mode=cached)
+  vlmkd (live teacher)    the same with the vision teacher run on every batch (teacher.mode=live)
+Prints ms/step and the ratios to ce (target for the cached task: at most 1.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from vlmkd.losses import build
+from vlmkd.students import create_student
+from vlmkd.tasks.distill import DistillTask, LossSpec
+
+
+def time_steps(task: DistillTask, batch: dict, steps: int) -> float:
+    opt = torch.optim.SGD(task.trainable_parameters(), lr=0.01, momentum=0.9)
+    task.train()
+    for i in range(steps + 3):
+        if i == 3:  # warm-up steps excluded
+            start = time.perf_counter()
+        out = task(batch)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="cnn_small")
+    ap.add_argument("--teacher", default="resnet20_cifar", help="vision teacher for the live variant")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--size", type=int, default=28)
+    ap.add_argument("--chans", type=int, default=1)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--text-dim", type=int, default=384)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    B, C, D = args.batch, args.classes, args.text_dim
+    counts = [int(5000 * 100 ** (-i / (C - 1))) for i in range(C)]
+    batch = {
+        "image": torch.randn(B, args.chans, args.size, args.size),
+        "label": torch.randint(0, C, (B,)),
+        "teacher_logits": torch.randn(B, C),
+        "text_emb": torch.randn(B, D),
+    }
+
+    def student(head="classifier"):
+        torch.manual_seed(0)
+        return create_student(args.model, C, args.chans, head, D if head == "both" else 0)
+
+    ce = DistillTask(student(), [LossSpec("cls", 1.0, build("ce"))])
+    full_terms = lambda: [
+        LossSpec("cls", 1.0, build("balanced_softmax", class_counts=counts)),  # noqa: E731
+        LossSpec("kd", 1.0, build("kd", temperature=2.0)),
+        LossSpec("text", 1.0, build("text_nce", temperature=0.07)),
+    ]
+    cached = DistillTask(student("both"), full_terms())
+    teacher = create_student(args.teacher, C, args.chans).eval()
+    live = DistillTask(student("both"), full_terms(), vision_teacher=teacher)
+    live_batch = {k: v for k, v in batch.items() if k != "teacher_logits"}
+
+    # Interleaved rounds, median per task: background load affects all three alike.
+    rounds = {"ce": [], "cached": [], "live": []}
+    for _ in range(args.rounds):
+        rounds["ce"].append(time_steps(ce, batch, args.steps))
+        rounds["cached"].append(time_steps(cached, batch, args.steps))
+        rounds["live"].append(time_steps(live, live_batch, args.steps))
+    t_ce, t_cached, t_live = (statistics.median(rounds[k]) for k in ("ce", "cached", "live"))
+    print(
+        f"student {args.model}, batch {B} x {args.chans}x{args.size}x{args.size}, {C} classes, text dim {D}, "
+        f"live teacher {args.teacher}, torch threads {torch.get_num_threads()}"
+    )
+    print(f"{'task':<22}{'ms/step':>10}{'ratio to ce':>14}")
+    for name, t in (("ce", t_ce), ("vlmkd (cached)", t_cached), ("vlmkd (live teacher)", t_live)):
+        print(f"{name:<22}{t:>10.1f}{t / t_ce:>14.3f}")
+    print(f"cached-task overhead {t_cached / t_ce:.3f}x (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
