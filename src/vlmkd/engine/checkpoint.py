@@ -69,6 +69,8 @@ def load_student(path: str | Path, device: str | torch.device = "cpu"):
 
     p = Path(path)
     run_dir = p if p.is_dir() else p.parent
+    if p.suffix == ".pt" and p.parent.name == "checkpoints":  # RUN/checkpoints/last.pt
+        run_dir = p.parent.parent
     meta_path = run_dir / "student.json"
     if not meta_path.is_file():
         raise ArtifactError(

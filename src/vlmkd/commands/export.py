@@ -1,0 +1,64 @@
+"""`vlmkd export RUN --format onnx|torchscript|safetensors`: a student ready for other runtimes, with a model card."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained student (ONNX, TorchScript, safetensors) with preprocess.json "
+        "and MODEL_CARD.md",
+    )
+    p.add_argument("run", help="run folder (or its student.safetensors)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "safetensors"])
+    p.add_argument("--out", help="export folder (default: RUN/export-FORMAT[-zero_shot])")
+    p.add_argument(
+        "--head",
+        choices=["classifier", "zero_shot"],
+        help="classifier: the classifier head's logits; zero_shot: the embedding head + class-text "
+        "embeddings (add classes later with `vlmkd classes add`). Default: classifier when present",
+    )
+    p.add_argument("--classes", nargs="+", metavar="NAME", help="zero_shot: class names (default: the run's)")
+    p.add_argument(
+        "--template",
+        action="append",
+        metavar="TEXT",
+        help="zero_shot: class prompt with {name}, repeatable (default: the run's, or 'a photo of a {name}.')",
+    )
+    p.add_argument(
+        "--text-encoder", help="zero_shot: text encoder name (default: the run's embed.encoder, or MiniLM)"
+    )
+    p.add_argument("--text-model", help="zero_shot: text encoder model id or path")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    p.add_argument(
+        "--no-latency", action="store_true", help="skip the CPU latency measurement of the model card"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmkd.errors import ConfigError
+    from vlmkd.export import export_model, read_export
+
+    if args.opset < 17:
+        raise ConfigError(f"--opset must be 17 or newer, got {args.opset}")
+    out = export_model(
+        args.run,
+        args.format,
+        args.out,
+        args.head,
+        class_names=args.classes,
+        templates=args.template,
+        encoder_name=args.text_encoder,
+        encoder_model=args.text_model,
+        measure_latency=not args.no_latency,
+        opset=args.opset,
+    )
+    rec = read_export(out)
+    print(
+        f"exported {rec['format']} ({rec['head']} head, outputs {', '.join(rec['outputs'])}) to {out}; "
+        f"max |diff| vs PyTorch {rec['max_abs_diff_vs_torch']:.2e}; see {out / 'MODEL_CARD.md'}"
+    )
+    return 0

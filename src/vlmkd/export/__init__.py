@@ -1,0 +1,268 @@
+"""`vlmkd export`: a trained student as ONNX, TorchScript or safetensors, ready for other runtimes.
+
+An export folder holds:
+
+    model.onnx | model.torchscript.pt | student.safetensors + student.json   the model
+    preprocess.json    image size, channels, resize, crop, mean, std: how to turn an image into the input
+    classes.json       class names (and for a zero-shot head: texts, templates, text encoder, temperature)
+    class_text.npy     zero-shot head only: one L2-normalised text embedding per class (C x D float32)
+    export.json        format, head, output names, the student spec, where it came from
+    MODEL_CARD.md      data, teachers, losses, metrics, parameters, FLOPs, measured CPU latency
+
+`export_model(run, "onnx")` writes one; `vlmkd.predict.load_model(folder)` runs it again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.export.card import (
+    count_flops,
+    count_params,
+    measure_runtime_latency,
+    model_card,
+    read_run_info,
+)
+from vlmkd.export.classes import (
+    CLASSES_FILE,
+    DEFAULT_TEMPLATES,
+    add_classes,
+    build_encoder,
+    class_texts,
+    embed_classes,
+    encoder_record,
+    read_class_store,
+    remove_classes,
+    write_class_store,
+)
+from vlmkd.export.formats import (
+    FORMATS,
+    MODEL_FILES,
+    ONNX_OPSET,
+    ExportWrapper,
+    load_runtime,
+    output_names,
+    write_onnx,
+    write_torchscript,
+)
+from vlmkd.utils.io import read_json, write_json
+
+__all__ = [
+    "FORMATS",
+    "export_model",
+    "read_export",
+    "is_export_dir",
+    "add_classes",
+    "remove_classes",
+    "read_class_store",
+    "build_encoder",
+    "load_runtime",
+    "EXPORT_FILE",
+    "PREPROCESS_FILE",
+]
+
+EXPORT_FILE = "export.json"
+PREPROCESS_FILE = "preprocess.json"
+CARD_FILE = "MODEL_CARD.md"
+
+
+def is_export_dir(path: str | Path) -> bool:
+    return (Path(path) / EXPORT_FILE).is_file()
+
+
+def read_export(export_dir: str | Path) -> dict[str, Any]:
+    export_dir = Path(export_dir)
+    if not is_export_dir(export_dir):
+        raise ArtifactError(
+            f"{str(export_dir)!r} has no {EXPORT_FILE}; give a folder written by `vlmkd export`"
+        )
+    return read_json(export_dir / EXPORT_FILE)
+
+
+def preprocess_record(meta: dict[str, Any]) -> dict[str, Any]:
+    pre = dict(meta.get("preprocess") or {})
+    missing = [k for k in ("image_size", "in_chans", "mean", "std") if k not in pre]
+    if missing:
+        raise ArtifactError(
+            f"student.json has no preprocessing {missing}; re-export the student with `vlmkd train`"
+        )
+    pre.setdefault("resize", pre["image_size"])
+    pre.setdefault("interpolation", "bilinear")
+    pre.setdefault("crop", "center")
+    pre.update(
+        {
+            "color": "L" if pre["in_chans"] == 1 else "RGB",
+            "layout": "NCHW",
+            "dtype": "float32",
+            "scale": "pixel / 255, then (x - mean) / std",
+            "steps": [
+                "convert color",
+                f"resize shorter side to {pre['resize']} ({pre['interpolation']})",
+                f"center crop {pre['image_size']}",
+                "to float in [0, 1]",
+                "normalise",
+            ],
+        }
+    )
+    return pre
+
+
+def _zero_shot_classes(
+    meta: dict[str, Any],
+    config: dict[str, Any],
+    class_names: list[str] | None,
+    texts: list[Any] | None,
+    templates: list[str] | None,
+) -> tuple[list[str], list[Any], list[str]]:
+    ev = meta.get("eval") or {}
+    names = list(class_names or ev.get("class_names") or meta.get("class_names") or [])
+    templates = list(
+        templates
+        or ev.get("class_templates")
+        or (config.get("classtext") or {}).get("templates")
+        or DEFAULT_TEMPLATES
+    )
+    if texts is None and class_names is None and ev.get("class_texts"):
+        texts = list(ev["class_texts"])
+    if texts is None:
+        texts = [class_texts(n, templates) for n in names]
+    if not names or len(texts) != len(names):
+        raise ConfigError(
+            f"zero-shot export needs class names with one text (or list of texts) each; got "
+            f"{len(names)} names and {len(texts)} texts"
+        )
+    return names, texts, templates
+
+
+def export_model(
+    source: str | Path,
+    fmt: str = "onnx",
+    out_dir: str | Path | None = None,
+    head: str | None = None,
+    *,
+    class_names: list[str] | None = None,
+    texts: list[Any] | None = None,
+    templates: list[str] | None = None,
+    text_encoder: Any = None,
+    encoder_name: str | None = None,
+    encoder_model: str | None = None,
+    measure_latency: bool = True,
+    opset: int = ONNX_OPSET,
+    latency_runs: int = 5,
+) -> Path:
+    """Export the student of a run folder (or its student.safetensors) and return the export folder.
+
+    head: "classifier" (the classifier head's logits) or "zero_shot" (the embedding head + class-text
+    embeddings built with `text_encoder`, default: the encoder named by `encoder_name`, the run's
+    `embed.encoder`, or the bundled MiniLM). None picks classifier when the student has one.
+    """
+    from vlmkd.engine.checkpoint import export_student, load_student
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    source = Path(source)
+    run_dir = source if source.is_dir() else source.parent
+    student, meta = load_student(source)
+    if head is None:
+        head = "classifier" if student.classifier is not None else "zero_shot"
+    outputs = output_names(student, head)
+    out_dir = (
+        Path(out_dir)
+        if out_dir
+        else run_dir / (f"export-{fmt}" + ("-zero_shot" if head == "zero_shot" else ""))
+    )
+    if out_dir.resolve() == run_dir.resolve():
+        raise ConfigError("--out must not be the run folder itself (its student files would be overwritten)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary, config = read_run_info(run_dir)
+    pre = preprocess_record(meta)
+    shape = (int(pre["in_chans"]), int(pre["image_size"]), int(pre["image_size"]))
+    wrapper = ExportWrapper(student, outputs, normalize_embedding=head == "zero_shot").eval()
+    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+
+    model_file = MODEL_FILES[fmt]
+    if fmt == "onnx":
+        write_onnx(wrapper, out_dir / model_file, example, opset)
+    elif fmt == "torchscript":
+        write_torchscript(wrapper, out_dir / model_file, example)
+    else:
+        export_student(out_dir, student, meta["spec"], {k: v for k, v in meta.items() if k != "spec"})
+
+    write_json(out_dir / PREPROCESS_FILE, pre)
+    temperature = float((meta.get("eval") or {}).get("temperature", 0.07))
+    encoder = None
+    if head == "zero_shot":
+        names, texts, templates = _zero_shot_classes(meta, config, class_names, texts, templates)
+        if text_encoder is None:
+            encoder_name = (
+                encoder_name
+                or (meta.get("eval") or {}).get("text_encoder")
+                or (config.get("embed") or {}).get("encoder")
+            )
+            encoder_model = encoder_model or (config.get("embed") or {}).get("model")
+            text_encoder = build_encoder(encoder_name, encoder_model)
+        emb = embed_classes(text_encoder, texts)
+        if emb.shape[1] != student.embed_dim:
+            raise ConfigError(
+                f"text encoder {text_encoder.encoder_id!r} gives {emb.shape[1]}-d embeddings but the "
+                f"student's embedding head is {student.embed_dim}-d; use the encoder it was trained with"
+            )
+        encoder = encoder_record(text_encoder, encoder_name, encoder_model)
+        write_class_store(out_dir, names, texts, emb, encoder, templates, temperature)
+    else:
+        names = list(
+            class_names or meta.get("class_names") or [f"class_{i}" for i in range(student.num_classes)]
+        )
+        if len(names) != student.num_classes:
+            raise ConfigError(f"{len(names)} class names for a {student.num_classes}-class classifier")
+        write_json(out_dir / CLASSES_FILE, {"mode": "classifier", "names": names})
+
+    from vlmkd import __version__
+
+    record = {
+        "format": fmt,
+        "head": head,
+        "model_file": model_file,
+        "outputs": list(outputs),
+        "input": {"name": "image", "shape": ["batch", *shape], "dtype": "float32"},
+        "opset": opset if fmt == "onnx" else None,
+        "temperature": temperature,
+        "spec": meta["spec"],
+        "source": str(source.resolve()),
+        "vlmkd_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    runtime = load_runtime(out_dir, record)
+    record["max_abs_diff_vs_torch"] = _max_diff(wrapper, runtime, shape)
+    write_json(out_dir / EXPORT_FILE, record)
+
+    params = count_params(student)
+    flops = count_flops(wrapper, torch.randn(1, *shape))
+    latency = measure_runtime_latency(runtime, shape, runs=latency_runs) if measure_latency else None
+    card = model_card(
+        name=run_dir.name,
+        export=record,
+        meta=meta,
+        summary=summary,
+        config=config,
+        params=params,
+        flops=flops,
+        latency=latency,
+        class_names=names,
+        encoder=encoder,
+    )
+    (out_dir / CARD_FILE).write_text(card, encoding="utf-8")
+    return out_dir
+
+
+@torch.no_grad()
+def _max_diff(wrapper: ExportWrapper, runtime, shape: tuple[int, int, int]) -> float:
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
+    ref = dict(zip(wrapper.outputs, (t.numpy() for t in wrapper(x))))
+    got = runtime(x.numpy())
+    return float(max(np.abs(ref[k] - got[k]).max() for k in ref))

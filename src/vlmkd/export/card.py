@@ -1,0 +1,230 @@
+"""MODEL_CARD.md of an export: data, teachers, losses, metrics, size, FLOPs and measured CPU latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+NOT_MEASURED = "not measured"
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """Forward FLOPs (a multiply-add counts 2) with `torch.utils.flop_counter.FlopCounterMode`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.eval()
+    # grad enabled on purpose: under no_grad, nn.MultiheadAttention takes a fused fast path that
+    # FlopCounterMode does not see
+    with FlopCounterMode(display=False) as fc:
+        model(example)
+    return int(fc.get_total_flops())
+
+
+def median_latency(fn: Callable[[], Any], runs: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of `fn()` over `runs` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(statistics.median(times))
+
+
+def measure_runtime_latency(
+    runtime: Callable[[np.ndarray], Any],
+    shape: tuple[int, int, int],
+    batches: tuple[int, ...] = (1, 32),
+    runs: int = 5,
+) -> dict[str, float]:
+    """{"batch1_ms": ..., "batch32_ms": ...}: median latency of one call of the runtime, on the CPU."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for b in batches:
+        x = rng.standard_normal((b, *shape)).astype(np.float32)
+        out[f"batch{b}_ms"] = round(1000 * median_latency(lambda x=x: runtime(x), runs=runs), 3)
+    return out
+
+
+def _fmt_count(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return NOT_MEASURED
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suffix}{unit}"
+    return f"{n:g} {unit}".strip()
+
+
+def _pct(x: Any) -> str:
+    return NOT_MEASURED if x is None else f"{100 * float(x):.2f}%"
+
+
+def _teachers(config: dict[str, Any]) -> list[str]:
+    lines = []
+    vt = (config.get("teacher") or {}).get("name")
+    if vt:
+        lines.append(f"vision teacher (KD): `{vt}` ({(config.get('teacher') or {}).get('mode', 'live')})")
+    clip = (config.get("clip") or {}).get("name")
+    if clip:
+        lines.append(f"vision-language teacher: `{clip}`")
+    return lines or ["none recorded (trained from labels only, or the run's config.yaml is missing)"]
+
+
+def _describer(config: dict[str, Any]) -> str:
+    text = config.get("text") or {}
+    d = config.get("describe") or {}
+    if not (text.get("descriptions") or text.get("embeddings")):
+        return "none (no per-image descriptions used)"
+    model = d.get("model") or ("bundled attribute vocabulary" if d.get("backend") == "interrogate" else "?")
+    emb = config.get("embed") or {}
+    return (
+        f"backend `{d.get('backend', '?')}`, model `{model}`; descriptions embedded with "
+        f"`{emb.get('encoder', '?')}` `{emb.get('model') or 'bundled MiniLM'}`"
+    )
+
+
+def _losses(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    losses = summary.get("losses")
+    if not losses and config.get("losses"):
+        losses = {k: v for k, v in config["losses"].items() if (v or {}).get("weight", 1)}
+    if not losses:
+        return ["not recorded"]
+    return [
+        f"`{k}`: {v.get('name')} x {v.get('weight', 1)}" + (f" {v['args']}" if v.get("args") else "")
+        for k, v in losses.items()
+    ]
+
+
+def _metrics(summary: dict[str, Any]) -> list[str]:
+    splits = summary.get("splits") or {}
+    if not splits:
+        return ["Metrics: not measured (no summary.json in the run folder)."]
+    rows = ["| split | overall | mean per class | Many | Medium | Few |", "|---|---|---|---|---|---|"]
+    for name, m in splits.items():
+        rows.append(
+            f"| {name} | "
+            + " | ".join(_pct(m.get(k)) for k in ("overall", "mean_per_class", "many", "medium", "few"))
+            + " |"
+        )
+    ood = splits.get("ood_test")
+    rows += ["", f"Novel-class zero-shot accuracy: {_pct(ood.get('overall')) if ood else NOT_MEASURED}"]
+    return rows
+
+
+def model_card(
+    *,
+    name: str,
+    export: dict[str, Any],
+    meta: dict[str, Any],
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    params: int,
+    flops: int | None,
+    latency: dict[str, float] | None,
+    class_names: list[str],
+    encoder: dict[str, Any] | None = None,
+) -> str:
+    pre = meta.get("preprocess", {})
+    spec = meta.get("spec", {})
+    counts = meta.get("train_counts") or summary.get("train_counts")
+    data = config.get("data") or {}
+    lines = [
+        f"# Model card: {name}",
+        "",
+        f"A `{spec.get('name')}` student distilled with vlmkd, exported as **{export['format']}** "
+        f"(`{export['model_file']}`), head **{export['head']}**, outputs {', '.join(export['outputs'])}.",
+        "",
+        "## Intended use",
+        "",
+        "Image classification with a small, CPU-friendly student. Inputs are preprocessed as `preprocess.json` "
+        f"says: {pre.get('in_chans')} channel(s), resize {pre.get('resize')}, center crop {pre.get('image_size')}, "
+        f"normalise with mean {pre.get('mean')} and std {pre.get('std')}.",
+    ]
+    if export["head"] == "zero_shot":
+        lines += [
+            "",
+            "Zero-shot head: logits = L2-normalised `embedding` @ `class_text.npy`.T / "
+            f'{export.get("temperature")}. Add classes with `vlmkd classes add DIR "name"` (text encoder '
+            f"`{(encoder or {}).get('id')}`).",
+        ]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"- dataset: `{summary.get('dataset') or data.get('format') or 'not recorded'}`"
+        + (f" at `{data.get('root')}`" if data.get("root") else ""),
+        f"- classes ({len(class_names)}): {', '.join(class_names[:50])}"
+        + (" ..." if len(class_names) > 50 else ""),
+    ]
+    if counts:
+        lines.append(
+            f"- training images: {sum(counts)} (per class min {min(counts)}, max {max(counts)}, "
+            f"imbalance {max(counts) / max(1, min(counts)):.1f})"
+        )
+    lines += [
+        "",
+        "## Teachers",
+        "",
+        *[f"- {t}" for t in _teachers(config)],
+        f"- describer: {_describer(config)}",
+        "",
+        "## Losses",
+        "",
+        *[f"- {s}" for s in _losses(summary, config)],
+        "",
+        "## Metrics",
+        "",
+        *_metrics(summary),
+        "",
+        "## Size and speed",
+        "",
+        f"- parameters: {_fmt_count(params)} ({params:,})",
+        f"- FLOPs at batch 1: {_fmt_count(flops, 'FLOP')} (torch FlopCounterMode, a multiply-add = 2)",
+    ]
+    if latency:
+        lines.append(
+            f"- CPU latency ({export['format']} runtime, {torch.get_num_threads()} threads, median): "
+            + ", ".join(f"{k.replace('_ms', '')} {v:.2f} ms" for k, v in latency.items())
+        )
+    else:
+        lines.append(f"- CPU latency: {NOT_MEASURED}")
+    lines += [
+        "",
+        "## Limitations",
+        "",
+        "Accuracy outside the training distribution is not measured unless a novel-class split is listed "
+        "above. Rare classes (Few) are usually much less accurate than frequent ones.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def read_run_info(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary.json, config.yaml as a plain dict) of a run folder; empty dicts where absent."""
+    import json
+
+    import yaml
+
+    summary, config = {}, {}
+    if (run_dir / "summary.json").is_file():
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        except ValueError:
+            summary = {}
+    if (run_dir / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            config = {}
+    return summary, config

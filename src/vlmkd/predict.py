@@ -1,0 +1,322 @@
+"""`vlmkd predict`: classify image files with a run folder, a student.safetensors or an export folder.
+
+    model = load_model("runs/fmnist/export-onnx")          # or a run folder, or its student.safetensors
+    records = predict(model, ["photos/", "@list.txt"], top_k=3)
+
+Images are preprocessed exactly as the student was evaluated (colour conversion, resize, center crop,
+normalise), from `preprocess.json` (export folders) or `student.json` (run folders). Unreadable files (corrupt,
+not images, missing) become records with an `error` field; the rest are predicted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vlmkd.data.images import is_image_file
+from vlmkd.errors import ArtifactError, DataError
+from vlmkd.utils.progress import progress
+
+OUTPUT_FORMATS = ("table", "json", "csv")
+
+
+@dataclass
+class Predictor:
+    """A runtime (numpy batch -> named outputs) with what it needs to turn images into inputs and labels."""
+
+    runtime: Any
+    preprocess: dict[str, Any]
+    class_names: list[str]
+    mode: str = "logits"  # logits | cosine (zero-shot: cosine to class_text)
+    class_text: np.ndarray | None = None
+    temperature: float = 0.07
+    source: str = ""
+    kind: str = "pytorch"
+    _transform: Any = field(default=None, repr=False)
+
+    def transform(self, image: Image.Image) -> np.ndarray:
+        if self._transform is None:
+            self._transform = build_transform(self.preprocess)
+        return self._transform(image)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        out = self.runtime(batch)
+        if self.mode == "logits":
+            return out["logits"]
+        e = out["embedding"]
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return e @ self.class_text.T / self.temperature
+
+
+def build_transform(pre: dict[str, Any]):
+    """PIL image -> C x H x W float32 array, the student's evaluation transform."""
+    from torchvision import transforms as T
+
+    interp = {
+        "bilinear": T.InterpolationMode.BILINEAR,
+        "bicubic": T.InterpolationMode.BICUBIC,
+        "nearest": T.InterpolationMode.NEAREST,
+    }[pre.get("interpolation", "bilinear")]
+    size = int(pre["image_size"])
+    ops = T.Compose(
+        [
+            T.Resize(int(pre.get("resize", size)), interpolation=interp),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(pre["mean"], pre["std"]),
+        ]
+    )
+    gray = int(pre["in_chans"]) == 1
+
+    def apply(im: Image.Image) -> np.ndarray:
+        if im.mode not in ("RGB", "L"):
+            im = im.convert("RGB")
+        im = im.convert("L") if gray else (im if im.mode == "RGB" else im.convert("RGB"))
+        return ops(im).numpy()
+
+    return apply
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_model(path: str | Path, device: str = "cpu") -> Predictor:
+    """A Predictor from an export folder (ONNX, TorchScript, safetensors), a run folder, or student.safetensors."""
+    from vlmkd.export import PREPROCESS_FILE, is_export_dir, load_runtime, read_class_store, read_export
+    from vlmkd.utils.io import read_json
+
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(
+            f"model {str(p)!r} does not exist; give a run folder, student.safetensors or export folder"
+        )
+    folder = p if p.is_dir() else p.parent
+    if is_export_dir(folder):
+        rec = read_export(folder)
+        info, class_text = read_class_store(folder)
+        zero_shot = rec.get("head") == "zero_shot"
+        return Predictor(
+            load_runtime(folder, rec, device),
+            read_json(folder / PREPROCESS_FILE),
+            list(info["names"]),
+            "cosine" if zero_shot else "logits",
+            class_text,
+            float(info.get("temperature", rec.get("temperature", 0.07))),
+            str(folder),
+            rec["format"],
+        )
+    return _from_run(p, device)
+
+
+def _from_run(path: Path, device: str) -> Predictor:
+    from vlmkd.engine.checkpoint import load_student
+    from vlmkd.export import preprocess_record
+    from vlmkd.export.formats import TorchRuntime, output_names
+
+    student, meta = load_student(path, device)
+    names = list(meta.get("class_names") or [f"class_{i}" for i in range(student.num_classes)])
+    pre = preprocess_record(meta)
+    ev = meta.get("eval") or {}
+    if student.classifier is not None and ev.get("mode", "logits") == "logits":
+        return Predictor(
+            TorchRuntime(student, output_names(student, "classifier"), device=device),
+            pre,
+            names,
+            source=str(path),
+        )
+    if ev.get("class_texts") and student.proj is not None:
+        from vlmkd.export.classes import build_encoder, embed_classes
+
+        class_text = embed_classes(build_encoder(ev.get("text_encoder")), list(ev["class_texts"]))
+        return Predictor(
+            TorchRuntime(student, ("embedding",), True, device),
+            pre,
+            list(ev.get("class_names") or names),
+            "cosine",
+            class_text,
+            float(ev.get("temperature", 0.07)),
+            str(path),
+        )
+    if student.classifier is not None:
+        return Predictor(TorchRuntime(student, ("logits",), device=device), pre, names, source=str(path))
+    raise ArtifactError(
+        f"{str(path)!r} is a zero-shot student without stored class texts; run "
+        "`vlmkd export RUN --head zero_shot` and predict with the export folder"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def collect_images(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, folders recursively (hidden files skipped), `@list.txt` one path per line."""
+    out: list[Path] = []
+    for item in inputs:
+        s = str(item)
+        if s.startswith("@"):
+            lst = Path(s[1:])
+            if not lst.is_file():
+                raise DataError(f"list file {str(lst)!r} does not exist")
+            for line in lst.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                p = Path(line)
+                if not p.is_absolute() and not p.exists() and (lst.parent / p).exists():
+                    p = lst.parent / p
+                out.append(p)
+        elif Path(s).is_dir():
+            files = [
+                f
+                for f in Path(s).rglob("*")
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(s).parts)
+            ]
+            out.extend(sorted(files))
+        else:
+            out.append(Path(s))
+    if not out:
+        raise DataError(
+            f"no files found in {[str(i) for i in inputs]}; give image files, folders or @list.txt"
+        )
+    return out
+
+
+def read_image(path: Path) -> Image.Image:
+    """Open and fully decode an image; raise DataError with a short reason otherwise."""
+    if not path.exists():
+        raise DataError("file does not exist")
+    if path.is_dir():
+        raise DataError("is a folder")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except UnidentifiedImageError:
+        raise DataError("corrupt image" if is_image_file(path) else "not an image file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"corrupt or truncated image ({type(e).__name__})") from None
+
+
+class _ImageDataset:
+    def __init__(self, paths: list[Path], transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.transform(read_image(self.paths[i])), None
+        except DataError as e:
+            return i, None, str(e)
+        except Exception as e:  # a transform failure on a strange image must not end the run
+            return i, None, f"cannot preprocess ({type(e).__name__}: {e})"
+
+
+def _collate(items):
+    return items
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def predict(
+    model: Predictor | str | Path,
+    inputs: list[str | Path],
+    top_k: int = 5,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    show_progress: bool | None = None,
+) -> list[dict[str, Any]]:
+    """One record per input file, in input order: {"path", "label", "score", "top_k": [{"label", "score"}],
+    "error"} (error None when predicted; label/score None when not)."""
+    from torch.utils.data import DataLoader
+
+    if not isinstance(model, Predictor):
+        model = load_model(model)
+    paths = collect_images(inputs)
+    k = max(1, min(int(top_k), len(model.class_names)))
+    dl = DataLoader(
+        _ImageDataset(paths, model.transform),
+        batch_size=max(1, batch_size),
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    records: list[dict[str, Any]] = [{}] * len(paths)
+    disable = None if show_progress is None else not show_progress
+    if len(paths) <= batch_size and show_progress is None:
+        disable = True
+    bar = progress(dl, total=len(dl), desc="predict", unit="batch", disable=disable)
+    for items in bar:
+        good = [(i, x) for i, x, err in items if err is None]
+        for i, _, err in items:
+            if err is not None:
+                records[i] = {"path": str(paths[i]), "label": None, "score": None, "top_k": [], "error": err}
+        if not good:
+            continue
+        probs = _softmax(model.logits(np.stack([x for _, x in good])).astype(np.float64))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        for (i, _), row, idx in zip(good, probs, order):
+            top = [{"label": model.class_names[j], "score": float(row[j]), "index": int(j)} for j in idx]
+            records[i] = {
+                "path": str(paths[i]),
+                "label": top[0]["label"],
+                "score": top[0]["score"],
+                "top_k": top,
+                "error": None,
+            }
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def format_records(records: list[dict[str, Any]], fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(records, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "label", "score", "top_k", "error"])
+        for r in records:
+            top = ";".join(f"{t['label']}:{t['score']:.6f}" for t in r["top_k"])
+            w.writerow(
+                [
+                    r["path"],
+                    r["label"] or "",
+                    "" if r["score"] is None else f"{r['score']:.6f}",
+                    top,
+                    r["error"] or "",
+                ]
+            )
+        return buf.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise DataError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    rows = [("path", "label", "score", "top-k")]
+    for r in records:
+        if r["error"]:
+            rows.append((r["path"], "ERROR", "", r["error"]))
+        else:
+            rows.append(
+                (
+                    r["path"],
+                    r["label"],
+                    f"{r['score']:.4f}",
+                    ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"][1:]),
+                )
+            )
+    widths = [max(len(row[c]) for row in rows) for c in range(3)]
+    return "\n".join(
+        "  ".join(row[c].ljust(widths[c]) for c in range(3)) + "  " + row[3] for row in rows
+    ).rstrip()

@@ -1,0 +1,195 @@
+"""Export building blocks without a full export: class store, preprocessing equality, image collection, output."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmkd.config import DataConfig
+from vlmkd.data.transforms import build_transform as train_build_transform
+from vlmkd.data.transforms import preprocess_config
+from vlmkd.errors import ConfigError, DataError
+from vlmkd.export.card import model_card
+from vlmkd.export.classes import (
+    add_classes,
+    embed_classes,
+    read_class_store,
+    remove_classes,
+    write_class_store,
+)
+from vlmkd.predict import build_transform, collect_images, format_records, read_image
+
+
+class HashEncoder:
+    """A deterministic fake text encoder: one fixed random unit vector per text."""
+
+    def __init__(self, encoder_id="fake/hash", dim=8):
+        self.encoder_id, self.dim = encoder_id, dim
+
+    def encode(self, texts):
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(self.dim) for t in texts]
+        e = np.stack(rows).astype(np.float32)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def _store(tmp_path, enc):
+    names = ["cat", "dog"]
+    texts = [f"a photo of a {n}." for n in names]
+    write_class_store(
+        tmp_path,
+        names,
+        texts,
+        embed_classes(enc, texts),
+        {"name": "fake", "model": None, "id": enc.encoder_id, "dim": enc.dim},
+        ["a photo of a {name}."],
+        0.05,
+    )
+    return tmp_path
+
+
+def test_class_store_add_remove(tmp_path):
+    enc = HashEncoder()
+    d = _store(tmp_path, enc)
+    assert add_classes(d, ["owl", "fox"], encoder=enc) == ["cat", "dog", "owl", "fox"]
+    info, arr = read_class_store(d)
+    assert arr.shape == (4, 8) and info["temperature"] == 0.05
+    np.testing.assert_allclose(arr[2], enc.encode(["a photo of a owl."])[0], atol=1e-6)
+    with pytest.raises(ConfigError, match="already exist"):
+        add_classes(d, ["owl"], encoder=enc)
+    add_classes(d, ["owl"], texts=["a small owl"], encoder=enc, replace=True)
+    np.testing.assert_allclose(read_class_store(d)[1][2], enc.encode(["a small owl"])[0], atol=1e-6)
+    assert remove_classes(d, ["cat"]) == ["dog", "owl", "fox"]
+    assert read_class_store(d)[1].shape == (3, 8)
+    with pytest.raises(ConfigError, match="no class named"):
+        remove_classes(d, ["zebra"])
+
+
+def test_class_store_refuses_other_encoder(tmp_path):
+    d = _store(tmp_path, HashEncoder())
+    with pytest.raises(ConfigError, match="same encoder"):
+        add_classes(d, ["owl"], encoder=HashEncoder("other/model"))
+
+
+def test_embed_classes_averages_several_texts():
+    enc = HashEncoder()
+    e = embed_classes(enc, [["a", "b"], "c"])
+    m = enc.encode(["a", "b"]).mean(0)
+    np.testing.assert_allclose(e[0], m / np.linalg.norm(m), atol=1e-6)
+    assert np.allclose(np.linalg.norm(e, axis=1), 1)
+
+
+@pytest.mark.parametrize("in_chans,size,mode", [(1, 28, "RGB"), (3, 32, "L"), (3, 96, "RGBA"), (1, 96, "P")])
+def test_predict_preprocessing_equals_eval_transform(in_chans, size, mode):
+    cfg = DataConfig(format="image_folder", image_size=size, in_chans=in_chans)
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 255, (77, 61, 3), dtype=np.uint8)).convert(mode)
+    ref = train_build_transform(cfg, train=False)(
+        im.convert("RGB") if mode not in ("RGB", "L") else im
+    ).numpy()
+    got = build_transform(json.loads(json.dumps(preprocess_config(cfg))))(im)
+    assert got.shape == (in_chans, size, size)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_collect_images_folders_and_lists(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for p in ("a/1.png", "a/b/2.jpg", "a/.hidden.png", "a/notes.txt"):
+        (tmp_path / p).write_bytes(b"x")
+    lst = tmp_path / "list.txt"
+    lst.write_text("# comment\na/1.png\n\nmissing.png\n")
+    got = collect_images([tmp_path / "a", f"@{lst}"])
+    assert [p.name for p in got] == ["1.png", "2.jpg", "notes.txt", "1.png", "missing.png"]
+    with pytest.raises(DataError):
+        collect_images([f"@{tmp_path / 'nope.txt'}"])
+
+
+def test_read_image_reasons(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "x.txt").write_text("hello")
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    full = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(full[: len(full) // 2])
+    assert read_image(tmp_path / "ok.png").size == (8, 8)
+    for name, msg in (
+        ("bad.png", "corrupt"),
+        ("x.txt", "not an image"),
+        ("trunc.png", "corrupt"),
+        ("gone.png", "does not exist"),
+    ):
+        with pytest.raises(DataError, match=msg):
+            read_image(tmp_path / name)
+
+
+def test_format_records_all_formats():
+    recs = [
+        {
+            "path": "a.png",
+            "label": "cat",
+            "score": 0.9,
+            "top_k": [{"label": "cat", "score": 0.9}, {"label": "dog", "score": 0.1}],
+            "error": None,
+        },
+        {"path": "b.txt", "label": None, "score": None, "top_k": [], "error": "not an image file"},
+    ]
+    assert json.loads(format_records(recs, "json")) == recs
+    csv_text = format_records(recs, "csv").splitlines()
+    assert csv_text[0] == "path,label,score,top_k,error"
+    assert csv_text[1].startswith("a.png,cat,0.900000,cat:0.900000;dog:0.100000")
+    assert csv_text[2].endswith("not an image file")
+    table = format_records(recs, "table")
+    assert "ERROR" in table and "dog 0.100" in table
+
+
+def test_model_card_says_not_measured():
+    card = model_card(
+        name="r",
+        export={"format": "onnx", "model_file": "model.onnx", "head": "classifier", "outputs": ["logits"]},
+        meta={"spec": {"name": "cnn_tiny"}, "preprocess": {}},
+        summary={},
+        config={},
+        params=10,
+        flops=None,
+        latency=None,
+        class_names=["a"],
+    )
+    assert card.count("not measured") >= 3
+    summary = {
+        "dataset": "fashion_mnist",
+        "losses": {"cls": {"name": "ce", "weight": 1}},
+        "splits": {
+            "test": {"overall": 0.5, "many": 0.7, "medium": 0.4, "few": 0.1, "mean_per_class": 0.45},
+            "ood_test": {"overall": 0.3},
+        },
+    }
+    config = {
+        "teacher": {"name": "resnet50"},
+        "clip": {"name": "domain:teacher"},
+        "text": {"embeddings": "e"},
+        "describe": {"backend": "interrogate"},
+    }
+    card = model_card(
+        name="r",
+        export={"format": "onnx", "model_file": "model.onnx", "head": "classifier", "outputs": ["logits"]},
+        meta={"spec": {"name": "cnn_tiny"}, "preprocess": {}, "train_counts": [10, 1]},
+        summary=summary,
+        config=config,
+        params=10,
+        flops=2e6,
+        latency={"batch1_ms": 1.0},
+        class_names=["a", "b"],
+    )
+    for s in (
+        "fashion_mnist",
+        "resnet50",
+        "domain:teacher",
+        "interrogate",
+        "`cls`: ce",
+        "70.00%",
+        "10.00%",
+        "Novel-class zero-shot accuracy: 30.00%",
+        "2.00 MFLOP",
+        "batch1 1.00 ms",
+        "imbalance 10.0",
+    ):
+        assert s in card, s
