@@ -141,6 +141,9 @@ class VisionTeacherConfig:
     mode: str = "live"  # live (same augmented batch) | cached (artifact, clean view)
     checkpoint: str | None = None  # weights for a timm teacher
     cache_dir: str = "artifacts/teacher_logits"
+    # name "clip": the `clip` teacher as a zero-shot classifier over the class texts; its logits are
+    # cos(image, class text) / zero_shot_temperature (CLIP's own scale is 1/0.01)
+    zero_shot_temperature: float = 0.01
 
 
 @dataclass

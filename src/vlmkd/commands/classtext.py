@@ -1,0 +1,38 @@
+"""`vlmkd classtext CONFIG`: per-class texts (templates, enriched sentences) and their embeddings."""
+
+from __future__ import annotations
+
+import argparse
+
+from vlmkd.cli import add_config_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "classtext", help="class prompts + LLM attribute sentences, embedded with the text encoder"
+    )
+    add_config_args(p)
+    p.add_argument(
+        "--split", default=None, help="split whose class names are used (default: classtext.split)"
+    )
+    p.add_argument("--no-embed", action="store_true", help="write the texts only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlmkd.config import load_config
+    from vlmkd.data import build_manifests
+    from vlmkd.errors import ConfigError
+    from vlmkd.text.classtext import build_class_texts, load_class_texts
+
+    cfg = load_config(args.config, args.overrides)
+    split = args.split or cfg.classtext.split
+    manifests = build_manifests(cfg.data)
+    if split not in manifests:
+        raise ConfigError(f"split {split!r} does not exist; choose one of: {', '.join(manifests)}")
+    names = manifests[split].class_names
+    folder = build_class_texts(names, cfg.classtext, None if args.no_embed else cfg.embed)
+    data = load_class_texts(folder)
+    n = sum(len(t) for t in data["texts"])
+    print(f"{len(names)} classes, {n} texts (e.g. {data['texts'][0][0]!r}) -> {folder}")
+    return 0

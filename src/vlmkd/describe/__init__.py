@@ -1,0 +1,45 @@
+"""Describers (transformers, OpenAI-compatible HTTP, interrogate) and the description store.
+
+describer = build_describer(cfg.describe, teacher=None)
+folder = describe_manifest(manifest, cfg.describe, describer)      # resumable, sharded, merged
+DescriptionStore(folder).load()                                    # {"sample_id", "index", "k", "text", ...}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmkd.describe import hf as _hf  # noqa: F401  (registers "transformers")
+from vlmkd.describe import http as _http  # noqa: F401  (registers "openai")
+from vlmkd.describe import interrogate as _interrogate  # noqa: F401  (registers "interrogate")
+from vlmkd.describe.base import DESCRIBERS, Description
+from vlmkd.describe.run import describe_manifest, description_key, estimate_cost, parse_shard
+from vlmkd.describe.store import DescriptionStore, merge_shards
+
+__all__ = [
+    "DESCRIBERS",
+    "Description",
+    "DescriptionStore",
+    "build_describer",
+    "describe_manifest",
+    "description_key",
+    "estimate_cost",
+    "list_describers",
+    "merge_shards",
+    "parse_shard",
+]
+
+
+def list_describers() -> list[str]:
+    return DESCRIBERS.names()
+
+
+def build_describer(cfg: Any, teacher: Any = None) -> Any:
+    """The describer named by `cfg.backend` (a DescribeConfig). `teacher`: the contrastive model for interrogate."""
+    from vlmkd.describe.base import check_n
+
+    check_n(cfg)
+    cls = DESCRIBERS.get(cfg.backend)
+    if cfg.backend == "interrogate":
+        return cls(cfg, teacher=teacher)
+    return cls(cfg)

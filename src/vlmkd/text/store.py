@@ -1,0 +1,226 @@
+"""The embedding store: float16 N x D L2-normalised rows (memory-mapped .npy), their ids, and a keyed meta.json.
+
+Layout: `<parent>/<key[:16]>/{embeddings.npy, ids.json, meta.json}` and `<parent>/LATEST` naming the last one.
+The key is sha256 of (encoder id + revision, the texts, the ids): another encoder or other texts never reuse rows.
+Texts are deduplicated before encoding (one encoder call per distinct text); rows are stored per item.
+
+Reading for training:
+    emb = EmbeddingStore("artifacts/embeddings")        # .ids, .array (mmap, float16), .meta, .lookup(ids)
+    X = embeddings_for_manifest(DescriptionStore(...), emb, manifest, n=1)   # N x n x D float16
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmkd.errors import ArtifactError, DataError
+from vlmkd.utils.io import artifact_key, load_npy, read_json, save_npy, write_json
+from vlmkd.utils.progress import progress
+
+log = logging.getLogger("vlmkd")
+
+
+def texts_digest(items: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in items:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def embedding_key(encoder_id: str, texts: list[str], ids: list[str]) -> str:
+    return artifact_key({"encoder": encoder_id, "texts": texts_digest(texts), "ids": texts_digest(ids)})
+
+
+def dedup(texts: list[str]) -> tuple[list[str], np.ndarray]:
+    """(unique texts in first-seen order, index of each input text in the unique list)."""
+    pos: dict[str, int] = {}
+    inverse = np.fromiter((pos.setdefault(t, len(pos)) for t in texts), dtype=np.int64, count=len(texts))
+    return list(pos), inverse
+
+
+def encode_unique(texts: list[str], encoder: Any, batch_size: int = 256, desc: str = "embed") -> np.ndarray:
+    """Encode each distinct text once; returns len(texts) x D float32, L2-normalised."""
+    uniq, inverse = dedup(texts)
+    out = np.zeros((len(uniq), int(encoder.dim)), np.float32)
+    for s in progress(range(0, len(uniq), batch_size), desc=desc, unit="batch"):
+        out[s : s + batch_size] = encoder.encode(uniq[s : s + batch_size])
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    out = out / np.maximum(norms, 1e-12)
+    return out[inverse]
+
+
+class EmbeddingStore:
+    def __init__(self, path: str | Path):
+        from vlmkd.describe.store import resolve_store
+
+        self.path = resolve_store(path)
+        self.meta = read_json(self.path / "meta.json")
+        self.key = self.meta["key"]
+        self.ids: list[str] = read_json(self.path / "ids.json")
+        self.array = load_npy(self.path / "embeddings.npy")  # N x D float16, memory-mapped
+        self._row: dict[str, int] | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.array.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row_of(self) -> dict[str, int]:
+        if self._row is None:
+            self._row = {i: r for r, i in enumerate(self.ids)}
+        return self._row
+
+    def rows(self, ids: list[str], missing: str = "error") -> np.ndarray:
+        """Row numbers of `ids` (-1 for absent ids when missing="ignore")."""
+        row = self.row_of()
+        out = np.fromiter((row.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        if missing == "error" and (out < 0).any():
+            bad = ids[int(np.nonzero(out < 0)[0][0])]
+            raise ArtifactError(
+                f"id {bad!r} is not in the embedding store {str(self.path)!r}; rerun `vlmkd embed`"
+            )
+        return out
+
+    def lookup(self, ids: list[str]) -> np.ndarray:
+        """len(ids) x D float16 rows (copied from the memory map)."""
+        return np.asarray(self.array[self.rows(ids)])
+
+
+def embed_texts(
+    texts: list[str],
+    encoder: Any,
+    out_dir: str | Path,
+    ids: list[str] | None = None,
+    batch_size: int = 256,
+    extra_meta: dict[str, Any] | None = None,
+) -> EmbeddingStore:
+    """Encode `texts` (deduplicated) into a keyed store under `out_dir`; an existing store with that key is reused."""
+    texts = [str(t) for t in texts]
+    ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(texts))]
+    if len(ids) != len(texts):
+        raise DataError(f"{len(ids)} ids for {len(texts)} texts")
+    if len(set(ids)) != len(ids):
+        raise DataError("embedding ids must be unique")
+    key = embedding_key(encoder.encoder_id, texts, ids)
+    parent = Path(out_dir)
+    folder = parent / key[:16]
+    done = (folder / "meta.json").is_file() and (folder / "embeddings.npy").is_file()
+    if done and read_json(folder / "meta.json").get("key") == key:
+        log.info("embed: up to date (%s)", folder)
+        write_json(parent / "LATEST", {"key": key, "folder": key[:16]})
+        return EmbeddingStore(folder)
+    emb = encode_unique(texts, encoder, batch_size)
+    n_unique = len(dedup(texts)[0])
+    save_npy(folder / "embeddings.npy", emb.astype(np.float16))
+    write_json(folder / "ids.json", ids, indent=None)
+    meta = {
+        "key": key,
+        "kind": "embeddings",
+        "encoder_id": encoder.encoder_id,
+        "dim": int(encoder.dim),
+        "count": len(texts),
+        "unique_texts": n_unique,
+        "encoder_calls_saved": len(texts) - n_unique,
+        **(extra_meta or {}),
+    }
+    write_json(folder / "meta.json", meta)  # last: its presence marks a complete store
+    write_json(parent / "LATEST", {"key": key, "folder": key[:16]})
+    log.info("embed: %d texts (%d distinct) -> %s", len(texts), n_unique, folder)
+    return EmbeddingStore(folder)
+
+
+def description_ids(sample_ids: list[str], ks: list[int] | np.ndarray) -> list[str]:
+    return [f"{s}#{int(k)}" for s, k in zip(sample_ids, ks)]
+
+
+def embed_descriptions(
+    desc_store: Any, encoder: Any, out_dir: str | Path, batch_size: int = 256
+) -> EmbeddingStore:
+    """Embed the successful descriptions of a DescriptionStore; ids are "<sample_id>#<k>"."""
+    d = desc_store.load()
+    extra = {
+        "source": "descriptions",
+        "source_key": desc_store.key,
+        "manifest_key": desc_store.meta.get("manifest_key"),
+    }
+    return embed_texts(
+        d["text"], encoder, out_dir, description_ids(d["sample_id"], d["k"]), batch_size, extra
+    )
+
+
+def rows_for_manifest(desc_store: Any, emb_store: EmbeddingStore, manifest: Any, n: int = 1) -> np.ndarray:
+    """N x n embedding row numbers in manifest order (-1 where a description failed or k >= what exists).
+
+    Checks that the descriptions were made for this manifest and the embeddings for these descriptions.
+    """
+    if desc_store.meta.get("manifest_key") != manifest.key():
+        raise ArtifactError(
+            f"descriptions in {str(desc_store.path)!r} were made for another manifest; rerun `vlmkd describe`"
+        )
+    if emb_store.meta.get("source_key") != desc_store.key:
+        raise ArtifactError(
+            f"embeddings in {str(emb_store.path)!r} are not of the descriptions {desc_store.key[:16]}; rerun `vlmkd embed`"
+        )
+    ids = [f"{s}#{k}" for s in manifest.ids for k in range(n)]
+    return emb_store.rows(ids, missing="ignore").reshape(len(manifest), n)
+
+
+def embeddings_for_manifest(
+    desc_store: Any, emb_store: EmbeddingStore, manifest: Any, n: int = 1, return_mask: bool = False
+):
+    """N x n x D float16 description embeddings in manifest order.
+
+    A missing description (failed, or fewer than n) is filled with the mean of the sample's other rows
+    (renormalised), or zeros when the sample has none; `return_mask=True` also returns the N x n validity mask.
+    """
+    rows = rows_for_manifest(desc_store, emb_store, manifest, n)
+    mask = rows >= 0
+    out = np.zeros((*rows.shape, emb_store.dim), np.float16)
+    flat = rows[mask]
+    if flat.size:
+        order = np.argsort(flat)  # read the memory map in ascending order
+        vals = np.empty((flat.size, emb_store.dim), np.float16)
+        vals[order] = emb_store.array[flat[order]]
+        out[mask] = vals
+    partial = (~mask).any(1) & mask.any(1)
+    for i in np.nonzero(partial)[0]:
+        m = out[i][mask[i]].astype(np.float32).mean(0)
+        out[i][~mask[i]] = (m / max(np.linalg.norm(m), 1e-12)).astype(np.float16)
+    if (~mask.any(1)).any():
+        log.warning(
+            "embeddings_for_manifest: %d samples have no description (zeros)", int((~mask.any(1)).sum())
+        )
+    return (out, mask) if return_mask else out
+
+
+def class_embedding_matrix(store: EmbeddingStore, num_classes: int | None = None) -> np.ndarray:
+    """C x D float32: the renormalised mean of each class's text embeddings (ids "<class>#<j>")."""
+    cls = np.array([int(i.split("#")[0]) for i in store.ids])
+    c = int(num_classes if num_classes is not None else cls.max() + 1)
+    arr = np.asarray(store.array, dtype=np.float32)
+    out = np.zeros((c, arr.shape[1]), np.float32)
+    np.add.at(out, cls, arr)
+    if (np.bincount(cls, minlength=c) == 0).any():
+        raise ArtifactError(f"some classes have no text in {str(store.path)!r}; rerun `vlmkd classtext`")
+    return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+
+
+def read_texts_file(path: str | Path) -> tuple[list[str], list[str]]:
+    """(texts, ids) from a .txt (one text a line) or .json (list of texts, or {id: text})."""
+    p = Path(path)
+    if p.suffix == ".json":
+        data = json.loads(p.read_text("utf-8"))
+        if isinstance(data, dict):
+            return [str(v) for v in data.values()], [str(k) for k in data]
+        return [str(t) for t in data], [str(i) for i in range(len(data))]
+    lines = [ln.strip() for ln in p.read_text("utf-8").splitlines() if ln.strip()]
+    return lines, [str(i) for i in range(len(lines))]
