@@ -63,11 +63,14 @@ def main() -> None:
         return create_student(args.model, C, args.chans, head, D if head == "both" else 0)
 
     ce = DistillTask(student(), [LossSpec("cls", 1.0, build("ce"))])
-    full_terms = lambda: [
-        LossSpec("cls", 1.0, build("balanced_softmax", class_counts=counts)),  # noqa: E731
-        LossSpec("kd", 1.0, build("kd", temperature=2.0)),
-        LossSpec("text", 1.0, build("text_nce", temperature=0.07)),
-    ]
+
+    def full_terms():
+        return [
+            LossSpec("cls", 1.0, build("balanced_softmax", class_counts=counts)),
+            LossSpec("kd", 1.0, build("kd", temperature=2.0)),
+            LossSpec("text", 1.0, build("text_nce", temperature=0.07)),
+        ]
+
     cached = DistillTask(student("both"), full_terms())
     teacher = create_student(args.teacher, C, args.chans).eval()
     live = DistillTask(student("both"), full_terms(), vision_teacher=teacher)

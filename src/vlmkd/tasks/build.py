@@ -22,12 +22,37 @@ class EvalSpec:
 
     mode: str = "logits"  # logits | cosine
     temperature: float = 0.07
-    class_text: dict[str, np.ndarray] = field(
-        default_factory=dict
-    )  # split -> C_split x D class-text embeddings
+    # split -> C_split x D class-text embeddings
+    class_text: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # class texts + text encoder, for zero-shot export
 
     def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode, "temperature": self.temperature, "splits": sorted(self.class_text)}
+        return {
+            "mode": self.mode,
+            "temperature": self.temperature,
+            "splits": sorted(self.class_text),
+            **self.info,
+        }
+
+
+def _class_text_info(cfg: Config, train_classes: list[str]) -> dict[str, Any]:
+    """The texts of the training classes and the encoder that embedded them (so exports can add classes)."""
+    from vlmkd.tasks.sources import class_text_matrix
+    from vlmkd.text.store import EmbeddingStore
+
+    _, names, texts = class_text_matrix(cfg)
+    meta = EmbeddingStore(cfg.text.class_embeddings).meta
+    info: dict[str, Any] = {
+        "text_encoder": {
+            "name": cfg.embed.encoder,
+            "model": cfg.embed.model,
+            "encoder_id": meta.get("encoder_id"),
+        }
+    }
+    if texts is not None:
+        row = {n: i for i, n in enumerate(names)}
+        info["class_texts"] = [texts[row[n]] for n in train_classes]
+    return info
 
 
 def _build_loss(name: str, args: dict[str, Any], train_counts: np.ndarray):
@@ -59,7 +84,9 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
         from vlmkd.tasks.sources import load_class_text
 
         class_text, per_split = load_class_text(cfg, manifests)
-        eval_spec = EvalSpec("cosine", _temperature(terms), per_split)
+        eval_spec = EvalSpec(
+            "cosine", _temperature(terms), per_split, _class_text_info(cfg, train.class_names)
+        )
         embed_dim = embed_dim or class_text.shape[1]
     if "text_emb" in needed:
         from vlmkd.tasks.sources import load_image_text
@@ -95,7 +122,11 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
             )
 
     vision_teacher = None
-    if "teacher_logits" in needed:
+    if "teacher_logits" in needed and cfg.teacher.name == "clip":
+        from vlmkd.tasks.sources import zero_shot_teacher_logits
+
+        extras["teacher_logits"] = zero_shot_teacher_logits(cfg, manifests, device)
+    elif "teacher_logits" in needed:
         from vlmkd.teachers.vision import cached_teacher_logits, load_vision_teacher
 
         teacher, teacher_id = load_vision_teacher(cfg.teacher, train.num_classes, cfg.data.in_chans, device)
@@ -119,6 +150,7 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
         torch.as_tensor(class_text) if class_text is not None else None,
         vision_teacher,
         clip_teacher,
+        sample_text=cfg.text.multi == "sample",
     )
     return task, extras, eval_spec
 

@@ -35,6 +35,7 @@ class DistillTask(nn.Module):
         class_text: torch.Tensor | None = None,
         vision_teacher: nn.Module | None = None,
         clip_teacher: Any = None,
+        sample_text: bool = False,
     ):
         super().__init__()
         if not terms:
@@ -50,6 +51,7 @@ class DistillTask(nn.Module):
             vision_teacher.eval().requires_grad_(False)
         self.clip_teacher = clip_teacher  # live CLIP teacher (consistent-view mode); frozen, not a submodule
         self.needed = {name for t in terms for name in t.module.inputs}
+        self.sample_text = sample_text  # with several descriptions per image: one at random per step
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -80,6 +82,11 @@ class DistillTask(nn.Module):
                     "a loss needs class-text embeddings; set text.class_embeddings (run `vlmkd classtext`)"
                 )
             return self.class_text
+        if name == "text_emb" and self.sample_text and batch[name].ndim == 3:
+            emb = batch[name]  # B x K x D; all-zero rows are missing descriptions
+            weight = (emb.abs().sum(-1) > 0).float()
+            pick = torch.multinomial(weight + 1e-6, 1).squeeze(1)
+            return emb[torch.arange(len(emb)), pick]
         if name in batch:
             return batch[name]
         if name == "teacher_logits" and self.vision_teacher is not None:

@@ -110,6 +110,19 @@ def load_domain_teacher(
     return teacher.to(device).eval().requires_grad_(False)
 
 
+def domain_teacher_key(pool: Manifest, class_texts: list[list[str]], encoder_info: dict, settings) -> str:
+    """Identity of a trained domain teacher: what it learned from and how (a rerun with the same key reuses it)."""
+    return artifact_key(
+        {
+            "backbone": settings.backbone,
+            "settings": asdict(settings),
+            "text_encoder": encoder_info,
+            "trained_on": {"manifest_key": pool.key(), "n": len(pool)},
+            "class_texts": class_texts,
+        }
+    )
+
+
 def _masked_nce(
     img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor
 ) -> torch.Tensor:
@@ -227,8 +240,6 @@ def train_domain_teacher(
         "trained_on": {"manifest_key": pool.key(), "n": len(pool)},
         "class_texts": class_texts,
     }
-    spec["key"] = artifact_key(
-        {k: spec[k] for k in ("backbone", "settings", "text_encoder", "trained_on", "class_texts")}
-    )
+    spec["key"] = domain_teacher_key(pool, class_texts, spec["text_encoder"], settings)
     teacher = DomainTeacher(tower.eval(), text_encoder, data_cfg, float(logit_scale.detach()), spec)
     return teacher.to(device).requires_grad_(False)

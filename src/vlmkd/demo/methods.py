@@ -1,0 +1,32 @@
+"""The demo's methods: each is the demo base recipe plus dotted overrides (the same overrides work with
+`vlmkd train`)."""
+
+from __future__ import annotations
+
+KD = ["losses.kd.name=kd", "losses.kd.weight=1.0", "losses.kd.args={temperature: 2.0}", "teacher.name=clip"]
+TEXT = ["losses.text.name=text_nce", "losses.text.weight=1.0", "model.head=both"]
+BSM = ["losses.cls.name=balanced_softmax"]
+
+# VLM-KD (long tail): the paper's loss L_cls + w_kd L_kd + w_text L_text, each term switchable.
+LONGTAIL_METHODS: dict[str, list[str]] = {
+    "ce": ["losses.cls.name=ce"],
+    "balanced_softmax": BSM,
+    "balanced_softmax+kd": BSM + KD,
+    "balanced_softmax+text": BSM + TEXT,
+    "vlmkd": BSM + KD + TEXT,
+}
+
+# OOD distillation (Li et al. 2023): the student's last layer outputs the teacher's embedding; class texts are
+# "a photo of {name} . {sentence}" unless the method is named plain.
+OOD_BASE = ["model.head=embedding", "losses.cls.name=vl_cls", "teacher.name=null"]
+MSE = ["losses.mse.name=mse", "losses.mse.weight=1.0"]
+IM_CST = ["losses.im_cst.name=im_cst", "losses.im_cst.weight=1.0"]
+VLPROX = ["losses.vlprox.name=vlprox", "losses.vlprox.weight=1.0"]
+OOD_METHODS: dict[str, list[str]] = {
+    "vl_cls_plain": OOD_BASE,
+    "vl_cls": OOD_BASE,
+    "vl_cls+mse": OOD_BASE + MSE,
+    "vl_cls+im_cst": OOD_BASE + IM_CST,
+    "vl_cls+im_cst+vlprox": OOD_BASE + IM_CST + VLPROX,
+}
+PLAIN_TEXT_METHODS = {"vl_cls_plain"}
