@@ -30,7 +30,9 @@ def make_image_folder(
             d = root / split / name
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                arr = np.full((size, size, 3), 40 + 80 * c, dtype=np.uint8)
+                # grey levels 40/120/200 for the first three classes; later ones shift the green channel
+                level = [40 + 80 * (c % 3), 40 + 80 * ((c % 3 + c // 3) % 3), 40 + 80 * (c % 3)]
+                arr = np.broadcast_to(np.array(level, dtype=np.uint8), (size, size, 3)).copy()
                 arr = np.clip(arr + rng.integers(0, 30, arr.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(arr).save(d / f"{name}_{i}.png")
     return root

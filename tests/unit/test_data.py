@@ -193,3 +193,27 @@ def test_prepare_checks_published_counts(tmp_path):
     assert len(train) == 10847 and train.class_counts()[0] == 500 and train.class_counts()[-1] == 5
     ms = build_manifests(DataConfig(format="manifest", train_list=str(out / "train.json")))
     assert ms["train"].key() == train.key()
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("train", [False, True])
+def test_small_image_fast_path_matches_pil_pipeline(in_chans, train):
+    """The tensor fast path must give the PIL pipeline's exact pixels and random draws, from arrays and PIL."""
+    from PIL import Image
+
+    from vlmkd.config import DataConfig
+    from vlmkd.data.transforms import SmallImageTransform, _pil_transform, build_transform
+
+    cfg = DataConfig(image_size=16, in_chans=in_chans)
+    fast, slow = build_transform(cfg, train), _pil_transform(cfg, train)
+    assert isinstance(fast, SmallImageTransform)
+    rng = np.random.default_rng(0)
+    for shape in [(16, 16, 3), (16, 16), (20, 24, 3)]:  # the last one goes through the resizing PIL path
+        arr = rng.integers(0, 256, shape, dtype=np.uint8)
+        for inp in (arr, Image.fromarray(arr)):
+            torch.manual_seed(7)
+            a = fast(inp)
+            torch.manual_seed(7)
+            b = slow(Image.fromarray(arr))
+            assert a.shape == b.shape == (in_chans, 16, 16)
+            assert torch.allclose(a, b, atol=1e-6)

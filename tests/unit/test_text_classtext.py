@@ -59,6 +59,13 @@ def test_label2text_chatgpt_pair(tmp_path):
         ["a photo of tench . A tench is a green fish."],
     ]
     assert folder.name == data["key"][:16]
+    # the released three-column form: folder, running id, natural name with underscores
+    (tmp_path / "l2t3.txt").write_text(
+        "001.Black_footed_Albatross 1 Black_footed_Albatross\nn02119789 2 kit_fox\n"
+    )
+    pairs = read_label2text(tmp_path / "l2t3.txt", tmp_path / "chatgpt.txt")
+    assert pairs["001.Black_footed_Albatross"][0] == "Black_footed_Albatross"
+    assert pairs["n02119789"] == ("kit_fox", "A goldfish is small and orange.")
     (tmp_path / "chatgpt.txt").write_text("only one line\n")
     with pytest.raises(DataError, match="aligned"):
         read_label2text(tmp_path / "label2text.txt", tmp_path / "chatgpt.txt")

@@ -15,6 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "overrides", nargs="*", help="dotted overrides of the run's config, e.g. data.root=/new/place"
     )
     p.add_argument("--out", help="write the summary JSON here (default: print only)")
+    p.add_argument(
+        "--teacher",
+        action="store_true",
+        help="evaluate the run's CLIP teacher (clip.name) zero-shot instead, on the same splits and label sets",
+    )
     p.set_defaults(func=run)
 
 
@@ -34,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise ArtifactError(f"{str(run_dir)!r} is not a vlmkd run folder (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml", args.overrides)
+    if args.teacher:
+        return _eval_teacher(cfg, args.out)
     student, meta = load_student(target if target.suffix == ".pt" else run_dir)
     manifests = build_manifests(cfg.data)
     spec = EvalSpec()
@@ -45,6 +52,13 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_run(student, manifests, cfg, spec)
     if args.out:
         write_json(args.out, summary)
+    _print_splits(summary)
+    if not args.out:
+        print(json.dumps({k: v for k, v in summary.items() if k in ("overall", "mean_per_class", "few")}))
+    return 0
+
+
+def _print_splits(summary: dict) -> None:
     for split, m in summary["splits"].items():
         parts = [
             f"{k}={100 * m[k]:.2f}"
@@ -52,6 +66,62 @@ def run(args: argparse.Namespace) -> int:
             if m.get(k) is not None
         ]
         print(f"{split}: " + " ".join(parts))
-    if not args.out:
-        print(json.dumps({k: v for k, v in summary.items() if k in ("overall", "mean_per_class", "few")}))
+
+
+def _class_texts(cfg) -> tuple[list[str], list[list[str]]]:
+    """Class names and their texts (list per class) from text.class_embeddings."""
+    from vlmkd.errors import ArtifactError
+    from vlmkd.tasks.sources import class_text_matrix
+
+    _, names, texts = class_text_matrix(cfg)
+    if texts is None:
+        raise ArtifactError(
+            f"no class texts next to {cfg.text.class_embeddings!r}; the teacher encodes the texts itself, so "
+            "point text.class_embeddings at a `vlmkd classtext` output"
+        )
+    return names, texts
+
+
+def _eval_teacher(cfg, out: str | None) -> int:
+    """Zero-shot accuracy of the CLIP teacher, each split scored among its own classes (the student's label sets:
+    id among the base classes, ood_test among the novel ones), class texts through the teacher's text tower."""
+    import dataclasses
+    import json
+
+    from vlmkd.data import build_manifests
+    from vlmkd.errors import ConfigError
+    from vlmkd.teachers import build_clip_teacher
+    from vlmkd.teachers.clip import resolve_device
+    from vlmkd.teachers.features import class_text_features, teacher_features, zero_shot_accuracy
+    from vlmkd.utils.io import write_json
+
+    if not cfg.clip.name:
+        raise ConfigError("--teacher needs clip.name in the run's config (or as an override)")
+    names, texts = _class_texts(cfg)
+    row = {n: i for i, n in enumerate(names)}
+    manifests = build_manifests(cfg.data)
+    device = resolve_device(cfg.train.device)
+    teacher = build_clip_teacher(cfg.clip, device)
+    clean = dataclasses.replace(cfg.clip, view="clean", num_views=1)  # scored on the clean view
+    summary: dict = {"teacher": teacher.teacher_id, "splits": {}}
+    for split in ("test", "val", "id", "ood_test"):
+        m = manifests.get(split)
+        if m is None or not len(m) or any(n not in row for n in m.class_names):
+            continue
+        W = class_text_features(teacher, [texts[row[n]] for n in m.class_names])
+        feats = teacher_features(teacher, m, clean, device, cfg.data)
+        metrics = zero_shot_accuracy(feats, W, m.labels)
+        summary["splits"][split] = {k: v for k, v in metrics.items() if k != "confusion"}
+    if not summary["splits"]:
+        raise ConfigError(
+            "no split has class texts for all its classes; rerun `vlmkd classtext` over all classes"
+        )
+    if out:
+        write_json(out, summary)
+    _print_splits(summary)
+    if not out:
+        head = summary["splits"].get("test") or next(iter(summary["splits"].values()))
+        print(
+            json.dumps({"teacher": teacher.teacher_id, **{k: head[k] for k in ("overall", "mean_per_class")}})
+        )
     return 0

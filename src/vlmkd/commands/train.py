@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
         cleanup()
     if summary:
         print(f"run folder: {run_dir}")
-        for k in ("overall", "mean_per_class", "many", "medium", "few", "tail"):
-            if summary.get(k) is not None:
-                print(f"  test {k:<15} {100 * summary[k]:6.2f}")
+        for split, m in summary.get("splits", {}).items():
+            for k in ("overall", "mean_per_class", "many", "medium", "few", "tail"):
+                if m.get(k) is not None:
+                    print(f"  {split:<8} {k:<15} {100 * m[k]:6.2f}")
     return 0

@@ -47,7 +47,7 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         try:
-            img = open_image(self.manifest, i)
+            img = open_image(self.manifest, i, as_array=getattr(self.transform, "accepts_arrays", False))
         except DataError:
             if self.on_bad_image == "skip":
                 return None

@@ -38,11 +38,15 @@ def array_source(manifest: Manifest) -> np.ndarray:
     return _array_source(s["format"], s.get("root", manifest.root), s.get("array_split", manifest.split))
 
 
-def open_image(manifest: Manifest, i: int) -> Image.Image:
-    """The i-th sample as a PIL image (RGB or L). Corrupt or missing files raise DataError naming the file."""
+def open_image(manifest: Manifest, i: int, as_array: bool = False) -> Image.Image | np.ndarray:
+    """The i-th sample as a PIL image (RGB or L). Corrupt or missing files raise DataError naming the file.
+
+    as_array: array-backed datasets (CIFAR, Fashion-MNIST) return their uint8 H x W (x 3) row as it is, which
+    transforms that accept arrays use to skip a PIL round trip.
+    """
     if manifest.indices is not None:
-        arr = array_source(manifest)[int(manifest.indices[i])]
-        return Image.fromarray(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(array_source(manifest)[int(manifest.indices[i])])
+        return arr if as_array else Image.fromarray(arr)
     path = confined_path(manifest.root, manifest.paths[i])
     try:
         with Image.open(path) as im:

@@ -139,35 +139,20 @@ class Demo:
         }
 
     def domain_teacher(self, cfg: Config):
-        from vlmkd.teachers.domain import (
-            DomainTrainSettings,
-            domain_teacher_key,
-            load_domain_teacher,
-            train_domain_teacher,
-        )
-        from vlmkd.utils.io import read_json
+        from vlmkd.teachers.domain import fit_domain_teacher, settings_from_config
 
-        settings = DomainTrainSettings(
-            backbone=cfg.domain.backbone,
-            epochs=self.s.teacher_epochs,
-            batch_size=cfg.domain.batch_size,
-            lr=cfg.domain.lr,
-            weight_decay=cfg.domain.weight_decay,
-            temperature=cfg.domain.temperature,
-            seed=cfg.domain.seed,
-        )
+        settings = settings_from_config(cfg.domain, epochs=self.s.teacher_epochs)
         info = {"name": cfg.embed.encoder, "model": cfg.embed.model, "encoder_id": self.encoder.encoder_id}
-        pool = self.manifests["pool"]
-        key = domain_teacher_key(pool, self.texts["enriched"], info, settings)
-        folder = self.art / "domain_teacher" / key[:16]
-        if (folder / "teacher.json").is_file() and read_json(folder / "teacher.json").get("key") == key:
-            log.info("demo: reusing the domain teacher in %s", folder)
-            return load_domain_teacher(folder, self.device, text_encoder=self.encoder), folder
-        teacher = train_domain_teacher(
-            pool, self.texts["enriched"], self.encoder, cfg.data, settings, self.device, encoder_info=info
+        return fit_domain_teacher(
+            self.manifests["pool"],
+            self.texts["enriched"],
+            self.encoder,
+            info,
+            cfg.data,
+            settings,
+            self.art / "domain_teacher",
+            self.device,
         )
-        teacher.save(folder)
-        return teacher, folder
 
     def evaluate_teacher(self) -> dict[str, Any]:
         """Zero-shot accuracy of the domain teacher on the test set with plain vs enriched class texts."""

@@ -70,7 +70,9 @@ def evaluate_run(
             if split.startswith("ood") and eval_spec.mode == "logits":
                 continue  # a closed-set classifier cannot score novel classes
             summary["splits"][split] = evaluate_split(model, manifests, split, cfg, eval_spec, device)
-    headline = summary["splits"].get("test") or next(iter(summary["splits"].values()), {})
+    headline_split = "test" if "test" in summary["splits"] else next(iter(summary["splits"]), None)
+    headline = summary["splits"].get(headline_split, {}) if headline_split else {}
+    summary["headline_split"] = headline_split
     summary.update(
         {k: headline.get(k) for k in ("overall", "mean_per_class", "many", "medium", "few", "tail")}
     )

@@ -204,6 +204,11 @@ def export_model(
                 or (meta.get("eval") or {}).get("text_encoder")
                 or (config.get("embed") or {}).get("encoder")
             )
+            if isinstance(encoder_name, dict):  # the run's record: {"name", "model", "encoder_id"}
+                encoder_name, encoder_model = (
+                    encoder_name.get("name"),
+                    encoder_model or encoder_name.get("model"),
+                )
             encoder_model = encoder_model or (config.get("embed") or {}).get("model")
             text_encoder = build_encoder(encoder_name, encoder_model)
         emb = embed_classes(text_encoder, texts)

@@ -57,6 +57,8 @@ def build_encoder(name: str | None = None, model: str | None = None) -> Any:
 
     Uses `vlmkd.text.encoders.build_text_encoder` when present; otherwise the bundled MiniLM.
     """
+    if isinstance(name, dict):  # a run's record: {"name", "model", "encoder_id"}
+        name, model = name.get("name"), model or name.get("model")
     name = name or "sentence_transformers"
     try:
         from vlmkd.text.encoders import build_text_encoder

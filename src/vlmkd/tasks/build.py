@@ -93,11 +93,24 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
 
         extras["text_emb"] = load_image_text(cfg, train)
         embed_dim = embed_dim or extras["text_emb"].shape[-1]
-    if "teacher_features" in needed and cfg.clip.view == "clean":
+    if "teacher_features" in needed and cfg.clip.view in ("clean", "augmented_k"):
         from vlmkd.tasks.sources import load_teacher_features
 
         extras["teacher_features"] = load_teacher_features(cfg, train, device)
         embed_dim = embed_dim or extras["teacher_features"].shape[-1]
+    clip_teacher = teacher_view = None
+    if "teacher_features" in needed and cfg.clip.view == "consistent":
+        from vlmkd.data.transforms import preprocess_config
+        from vlmkd.teachers.clip import load_clip_teacher
+        from vlmkd.teachers.view import TeacherView
+
+        if not cfg.clip.name:
+            raise ConfigError("clip.view=consistent needs clip.name (the teacher runs live on each batch)")
+        clip_teacher = load_clip_teacher(cfg.clip.name, cfg.clip.revision, device=str(device))
+        teacher_view = TeacherView(preprocess_config(cfg.data), clip_teacher.preprocess_config())
+        embed_dim = embed_dim or int(clip_teacher.embed_dim)
+    elif "teacher_features" in needed and cfg.clip.view not in ("clean", "augmented_k"):
+        raise ConfigError(f"clip.view must be clean, augmented_k or consistent, got {cfg.clip.view!r}")
     if needed & {"proj", "embedding"} and cfg.model.head == "classifier":
         raise ConfigError("a loss uses the student's embedding; set model.head=both (or embedding)")
 
@@ -139,11 +152,6 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
         else:
             raise ConfigError(f"teacher.mode must be live or cached, got {cfg.teacher.mode!r}")
 
-    clip_teacher = None
-    if "teacher_features" in needed and cfg.clip.view != "clean":
-        raise ConfigError(
-            f"clip.view={cfg.clip.view!r} needs a live CLIP teacher in the batch; use clip.view=clean"
-        )
     task = DistillTask(
         student,
         terms,
@@ -151,6 +159,7 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
         vision_teacher,
         clip_teacher,
         sample_text=cfg.text.multi == "sample",
+        teacher_view=teacher_view,
     )
     return task, extras, eval_spec
 

@@ -36,6 +36,7 @@ class DistillTask(nn.Module):
         vision_teacher: nn.Module | None = None,
         clip_teacher: Any = None,
         sample_text: bool = False,
+        teacher_view: Any = None,
     ):
         super().__init__()
         if not terms:
@@ -50,6 +51,7 @@ class DistillTask(nn.Module):
         if vision_teacher is not None:
             vision_teacher.eval().requires_grad_(False)
         self.clip_teacher = clip_teacher  # live CLIP teacher (consistent-view mode); frozen, not a submodule
+        self.teacher_view = teacher_view  # student batch -> the teacher's input space (vlmkd.teachers.view)
         self.needed = {name for t in terms for name in t.module.inputs}
         self.sample_text = sample_text  # with several descriptions per image: one at random per step
 
@@ -82,11 +84,8 @@ class DistillTask(nn.Module):
                     "a loss needs class-text embeddings; set text.class_embeddings (run `vlmkd classtext`)"
                 )
             return self.class_text
-        if name == "text_emb" and self.sample_text and batch[name].ndim == 3:
-            emb = batch[name]  # B x K x D; all-zero rows are missing descriptions
-            weight = (emb.abs().sum(-1) > 0).float()
-            pick = torch.multinomial(weight + 1e-6, 1).squeeze(1)
-            return emb[torch.arange(len(emb)), pick]
+        if name in batch and batch[name].ndim == 3 and (name == "teacher_features" or self.sample_text):
+            return _pick_one(batch[name])  # several descriptions / cached teacher views: one per step
         if name in batch:
             return batch[name]
         if name == "teacher_logits" and self.vision_teacher is not None:
@@ -94,8 +93,11 @@ class DistillTask(nn.Module):
                 t = self.vision_teacher(batch["image"])
             return t["logits"] if isinstance(t, dict) else t
         if name == "teacher_features" and self.clip_teacher is not None:
+            pixels = batch.get("teacher_image")
+            if pixels is None:  # consistent view: the teacher sees the student's own augmented crop
+                pixels = self.teacher_view(batch["image"])
             with torch.no_grad():
-                return self.clip_teacher.encode_image(batch["teacher_image"]).float()
+                return self.clip_teacher.encode_image(pixels).float()
         raise ConfigError(
             f"a loss needs {name!r} but no source provides it; configure the teacher or text artifacts"
         )
@@ -118,3 +120,10 @@ class DistillTask(nn.Module):
         if "logits" in out:
             result["logits"] = out["logits"].detach()
         return result
+
+
+def _pick_one(emb: torch.Tensor) -> torch.Tensor:
+    """B x K x D -> B x D, one of the K rows at random per sample; all-zero rows (missing) are never picked."""
+    weight = (emb.abs().sum(-1) > 0).float()
+    pick = torch.multinomial(weight + 1e-6, 1).squeeze(1)
+    return emb[torch.arange(len(emb)), pick]

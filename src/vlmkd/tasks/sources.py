@@ -7,6 +7,7 @@ from their content-keyed stores, checked against the manifest they were made for
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,14 +74,18 @@ def class_text_matrix(cfg: Config) -> tuple[np.ndarray, list[str], list[list[str
         raise ArtifactError(
             f"{str(store.path)!r} is not a class-text store (no class_names); run `vlmkd classtext`"
         )
-    texts = None
-    try:
-        from vlmkd.text.classtext import load_class_texts
+    return class_embedding_matrix(store, len(names)), list(names), class_texts_of(store.path, list(names))
 
-        texts = load_class_texts(store.path.parent)["texts"]
-    except Exception:  # texts are informative (export, model card); the embeddings are what training needs
-        texts = None
-    return class_embedding_matrix(store, len(names)), list(names), texts
+
+def class_texts_of(store_path: Path, names: list[str]) -> list[list[str]] | None:
+    """The texts behind a class-text embedding store (`<classtext>/<key>/embeddings/<key>`), when they match."""
+    from vlmkd.text.classtext import load_class_texts
+
+    for folder in (store_path.parent.parent, store_path.parent):
+        if (folder / "classtexts.json").is_file():
+            data = load_class_texts(folder)
+            return data["texts"] if list(data.get("class_names", names)) == names else None
+    return None  # texts are informative (teacher eval, export); the embeddings are what training needs
 
 
 def load_class_text(cfg: Config, manifests: dict[str, Manifest]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -231,7 +231,7 @@ def train_domain_teacher(
             sched.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if log is not None:
-            log({"epoch": epoch, "teacher_loss": float(loss)})
+            log({"epoch": epoch, "teacher_loss": loss.item()})
     spec = {
         "backbone": settings.backbone,
         "embed_dim": int(table.shape[1]),
@@ -243,3 +243,33 @@ def train_domain_teacher(
     spec["key"] = domain_teacher_key(pool, class_texts, spec["text_encoder"], settings)
     teacher = DomainTeacher(tower.eval(), text_encoder, data_cfg, float(logit_scale.detach()), spec)
     return teacher.to(device).requires_grad_(False)
+
+
+def settings_from_config(domain_cfg: Any, **overrides: Any) -> DomainTrainSettings:
+    fields = {f: getattr(domain_cfg, f) for f in DomainTrainSettings.__dataclass_fields__}
+    return DomainTrainSettings(**{**fields, **overrides})
+
+
+def fit_domain_teacher(
+    pool: Manifest,
+    class_texts: list[list[str]],
+    text_encoder: Any,
+    encoder_info: dict,
+    data_cfg: DataConfig,
+    settings: DomainTrainSettings,
+    output: str | Path,
+    device: str | torch.device = "cpu",
+    log=None,
+) -> tuple[DomainTeacher, Path]:
+    """Train (or reuse, when `output/<key16>` holds one with the same key) a domain teacher; returns it and its folder."""
+    key = domain_teacher_key(pool, class_texts, encoder_info, settings)
+    folder = Path(output) / key[:16]
+    if (folder / "teacher.json").is_file() and read_json(folder / "teacher.json").get("key") == key:
+        if log is not None:
+            log({"event": "domain_teacher_reused", "folder": str(folder)})
+        return load_domain_teacher(folder, device, text_encoder=text_encoder), folder
+    teacher = train_domain_teacher(
+        pool, class_texts, text_encoder, data_cfg, settings, device, encoder_info=encoder_info, log=log
+    )
+    teacher.save(folder)
+    return teacher, folder

@@ -58,7 +58,8 @@ def class_texts(
 
 
 def read_label2text(label2text: str | Path, chatgpt: str | Path) -> dict[str, tuple[str, str]]:
-    """The original repository's pair: `label2text.txt` lines "folder_id class name" and line-aligned sentences.
+    """The original repository's pair: `label2text.txt` lines "folder_id running_id natural_name" (or
+    "folder_id class name") and line-aligned sentences.
 
     Returns folder_id -> (class name, sentence)."""
     l2t = [ln for ln in Path(label2text).read_text("utf-8").splitlines() if ln.strip()]
@@ -69,10 +70,12 @@ def read_label2text(label2text: str | Path, chatgpt: str | Path) -> dict[str, tu
         )
     out = {}
     for line, sent in zip(l2t, sents):
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2:
-            raise DataError(f"{label2text}: line {line!r} must be 'folder_id class name'")
-        out[parts[0]] = (parts[1].strip(), sent)
+        parts = line.split(maxsplit=2)
+        if len(parts) < 2:
+            raise DataError(f"{label2text}: line {line!r} must be 'folder_id running_id natural_name'")
+        # the released files carry a running class id between the folder and the natural name
+        name = parts[2] if len(parts) == 3 and parts[1].isdigit() else " ".join(parts[1:])
+        out[parts[0]] = (name.strip(), sent)
     return out
 
 

@@ -1,0 +1,329 @@
+"""Teacher image features, cached per (teacher, preprocessing, view, manifest), and teacher zero-shot scoring.
+
+Layout of one cache: `<clip.cache_dir>/<key[:16]>/meta.json` (the full key and provenance) and `features.npy`
+(float16, N x D for the clean view, N x K x D for K augmented views, not normalised). While it is being computed
+the rows go to `shard_NNNNN.npy` files (atomic writes), so a killed run resumes from its finished shards; once
+`features.npy` is written the shards are removed. The key names the teacher's weights, its preprocessing, the view
+and the manifest's content, so switching any of them never reuses stale features (the original OOD code's bug).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from vlmkd.data.dataset import collate_skip
+from vlmkd.data.images import open_image
+from vlmkd.data.manifest import Manifest
+from vlmkd.errors import ArtifactError, ConfigError, DataError
+from vlmkd.utils.io import artifact_key, atomic_path, load_npy, read_json, save_npy, write_json
+from vlmkd.utils.progress import progress
+
+log = logging.getLogger("vlmkd")
+
+SHARD_SIZE = 2048  # rows per shard: the unit of resume
+CACHE_FORMAT = 1
+CACHED_VIEWS = ("clean", "augmented_k")
+# The augmented views' recipe is part of their key: change it here and old caches stop matching.
+AUGMENT = {
+    "crop": "RandomResizedCrop",
+    "scale": [0.08, 1.0],
+    "ratio": [0.75, 4 / 3],
+    "flip": 0.5,
+    "seed": "(index * 1000003 + view) * 7919",
+}
+
+
+# ------------------------------------------------------------------------------------------------- keys
+
+
+def feature_key(teacher: Any, manifest: Manifest, clip_cfg: Any) -> dict[str, Any]:
+    """What the cached features depend on (its sha256 is the cache key)."""
+    view = _check_view(clip_cfg)
+    key = {
+        "format": CACHE_FORMAT,
+        "teacher_id": teacher.teacher_id,
+        "revision": clip_cfg.revision,
+        "preprocess": teacher.preprocess_config(),
+        "view": view,
+        "num_views": _num_views(clip_cfg),
+        "manifest_key": manifest.key(),
+        "n": len(manifest),
+    }
+    if view == "augmented_k":
+        key["augment"] = AUGMENT
+    return key
+
+
+def cache_folder(teacher: Any, manifest: Manifest, clip_cfg: Any) -> Path:
+    return Path(clip_cfg.cache_dir) / artifact_key(feature_key(teacher, manifest, clip_cfg))[:16]
+
+
+def _check_view(clip_cfg: Any) -> str:
+    view = clip_cfg.view
+    if view == "consistent":
+        raise ConfigError(
+            "clip.view=consistent is not cacheable: that mode runs the teacher live on the student's augmented "
+            "view (the training task does it); cache clip.view=clean or augmented_k"
+        )
+    if view not in CACHED_VIEWS:
+        raise ConfigError(f"clip.view must be clean, consistent or augmented_k, got {view!r}")
+    if view == "augmented_k" and clip_cfg.num_views < 1:
+        raise ConfigError(f"clip.num_views must be >= 1 for clip.view=augmented_k, got {clip_cfg.num_views}")
+    return view
+
+
+def _num_views(clip_cfg: Any) -> int:
+    return int(clip_cfg.num_views) if clip_cfg.view == "augmented_k" else 1
+
+
+# ------------------------------------------------------------------------------------------------- views
+
+
+def augment_transform(pre: dict[str, Any]):
+    """RandomResizedCrop + flip at the teacher's input size, then the teacher's own normalisation."""
+    from torchvision import transforms as T
+
+    interp = getattr(
+        T.InterpolationMode, str(pre.get("interpolation", "bicubic")).upper(), T.InterpolationMode.BICUBIC
+    )
+    mode = "L" if int(pre.get("in_chans", 3)) == 1 else "RGB"
+    return T.Compose(
+        [
+            T.Lambda(functools.partial(_convert, mode=mode)),  # picklable for any worker start method
+            T.RandomResizedCrop(
+                int(pre["image_size"]),
+                scale=tuple(AUGMENT["scale"]),
+                ratio=tuple(AUGMENT["ratio"]),
+                interpolation=interp,
+            ),
+            T.RandomHorizontalFlip(AUGMENT["flip"]),
+            T.ToTensor(),
+            T.Normalize(pre["mean"], pre["std"]),
+        ]
+    )
+
+
+def _convert(image, mode: str):
+    return image.convert(mode) if image.mode != mode else image
+
+
+def _seeded(transform, image, seed: int) -> torch.Tensor:
+    """torchvision draws from the global CPU generator: seed it for this call only, then restore it."""
+    gen = torch.random.default_generator
+    state = gen.get_state()
+    gen.manual_seed(seed)
+    try:
+        return transform(image)
+    finally:
+        gen.set_state(state)
+
+
+class TeacherViews(Dataset):
+    """Item i: {"pixels": C x H x W (clean) or K x C x H x W (augmented), "index": i}; None for a bad image
+    when on_bad_image="skip" (its feature row stays zero)."""
+
+    def __init__(
+        self, teacher: Any, manifest: Manifest, view: str, num_views: int = 1, on_bad_image: str = "error"
+    ):
+        self.teacher, self.manifest, self.view, self.k = teacher, manifest, view, num_views
+        self.on_bad_image = on_bad_image
+        self.augment = augment_transform(teacher.preprocess_config()) if view == "augmented_k" else None
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        try:
+            image = open_image(self.manifest, i)
+        except DataError:
+            if self.on_bad_image == "skip":
+                return None
+            raise
+        if self.augment is None:
+            return {"pixels": self.teacher.preprocess(image), "index": i}
+        # seeded per (sample, view): reruns, resumes and any worker count give identical views
+        views = [_seeded(self.augment, image, (i * 1_000_003 + v) * 7919) for v in range(self.k)]
+        return {"pixels": torch.stack(views), "index": i}
+
+
+# ------------------------------------------------------------------------------------------------- cache
+
+
+def _shard_path(folder: Path, s: int) -> Path:
+    return folder / f"shard_{s:05d}.npy"
+
+
+def _shard_done(path: Path, rows: int, row_shape: tuple[int, ...]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return load_npy(path).shape == (rows, *row_shape)
+    except (ValueError, OSError):
+        return False  # unreadable: recompute it (writes are atomic, so this is a foreign file)
+
+
+@torch.no_grad()
+def _encode(teacher: Any, pixels: torch.Tensor, device: str) -> np.ndarray:
+    flat = pixels.flatten(0, 1) if pixels.ndim == 5 else pixels  # B x K x C x H x W -> (B K) x C x H x W
+    feats = teacher.encode_image(flat.to(device)).float().cpu()
+    return feats.reshape(*pixels.shape[: pixels.ndim - 3], -1).numpy()
+
+
+def _compute_shard(
+    loader_args: dict,
+    ds: Dataset,
+    lo: int,
+    hi: int,
+    teacher: Any,
+    device: str,
+    row_shape: tuple[int, ...],
+    bar,
+) -> np.ndarray:
+    out = np.zeros((hi - lo, *row_shape), dtype=np.float16)
+    for b in DataLoader(Subset(ds, range(lo, hi)), collate_fn=collate_skip, shuffle=False, **loader_args):
+        if "pixels" in b:
+            out[b["index"].numpy() - lo] = _encode(teacher, b["pixels"], device)
+        bar.update(len(b.get("index", ())) + b["skipped"])
+    return out
+
+
+def _concatenate(folder: Path, n_shards: int, shape: tuple[int, ...]) -> int:
+    """Shards -> features.npy through a memory map (never the whole array in RAM); returns all-zero rows."""
+    if shape[0] == 0:
+        save_npy(folder / "features.npy", np.zeros(shape, np.float16))
+        return 0
+    skipped = 0
+    with atomic_path(folder / "features.npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        lo = 0
+        for s in range(n_shards):
+            part = load_npy(_shard_path(folder, s))
+            out[lo : lo + len(part)] = part
+            skipped += int((np.abs(part.reshape(len(part), -1)).sum(1) == 0).sum())
+            lo += len(part)
+        out.flush()
+        del out
+    return skipped
+
+
+def _load_finished(folder: Path, key: str, n: int) -> np.ndarray | None:
+    meta_path, feats = folder / "meta.json", folder / "features.npy"
+    if not meta_path.is_file():
+        return None
+    meta = read_json(meta_path)
+    if meta.get("key") != key:
+        raise ArtifactError(f"{str(folder)!r} holds teacher features of another key; move it away and rerun")
+    if not (meta.get("complete") and feats.is_file()):
+        return None
+    arr = load_npy(feats)
+    if arr.shape[0] != n:
+        raise ArtifactError(
+            f"{str(feats)!r} has {arr.shape[0]} rows for {n} samples; delete the folder and rerun"
+        )
+    return arr
+
+
+def teacher_features(
+    teacher: Any,
+    manifest: Manifest,
+    clip_cfg: Any,
+    device: str = "cpu",
+    data_cfg: Any = None,
+    shard_size: int = SHARD_SIZE,
+) -> np.ndarray:
+    """float16 teacher image features in manifest order, from the cache or computed (resumably) into it.
+
+    N x D for clip.view=clean (the teacher's own preprocessing of the un-augmented image: the paper's setup),
+    N x K x D for augmented_k (K = clip.num_views seeded RandomResizedCrop+flip views). Memory-mapped when cached.
+    `data_cfg` supplies num_workers and on_bad_image (skipped images get all-zero rows).
+    """
+    key_obj = feature_key(teacher, manifest, clip_cfg)
+    key = artifact_key(key_obj)
+    folder = Path(clip_cfg.cache_dir) / key[:16]
+    n = len(manifest)
+    done = _load_finished(folder, key, n)
+    if done is not None:
+        log.info("teacher features: reusing %s", folder)
+        return done
+    view, k = key_obj["view"], key_obj["num_views"]
+    row_shape = (k, teacher.embed_dim) if view == "augmented_k" else (teacher.embed_dim,)
+    meta_path = folder / "meta.json"
+    meta = read_json(meta_path) if meta_path.is_file() else None
+    if meta is None or meta.get("complete"):  # new, or finished once and features.npy since deleted
+        meta = {
+            "key": key,
+            **key_obj,
+            "split": manifest.split,
+            "shape": [n, *row_shape],
+            "dtype": "float16",
+            "shard_size": int(shard_size),
+            "complete": False,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(meta_path, meta)
+    size = int(meta["shard_size"])  # a resumed run keeps the shard boundaries it started with
+    n_shards = -(-n // size)
+    spans = [(s, s * size, min(n, (s + 1) * size)) for s in range(n_shards)]
+    todo = [(s, lo, hi) for s, lo, hi in spans if not _shard_done(_shard_path(folder, s), hi - lo, row_shape)]
+    if todo:
+        log.info("teacher features: %d/%d shards to compute -> %s", len(todo), n_shards, folder)
+    on_bad = getattr(data_cfg, "on_bad_image", "error")
+    ds = TeacherViews(teacher, manifest, view, k, on_bad)
+    loader_args = {
+        "batch_size": max(1, int(clip_cfg.batch_size)),
+        "num_workers": int(getattr(data_cfg, "num_workers", 0) or 0),
+    }
+    t0 = time.time()
+    with progress(total=sum(hi - lo for _, lo, hi in todo), desc="teacher features", unit="img") as bar:
+        for s, lo, hi in todo:
+            save_npy(
+                _shard_path(folder, s),
+                _compute_shard(loader_args, ds, lo, hi, teacher, device, row_shape, bar),
+            )
+    skipped = _concatenate(folder, n_shards, (n, *row_shape))
+    write_json(
+        meta_path,
+        {**meta, "complete": True, "skipped_images": skipped, "seconds_last_run": round(time.time() - t0, 1)},
+    )
+    for s in range(n_shards):  # features.npy is the artifact now; the shards only served resume
+        _shard_path(folder, s).unlink(missing_ok=True)
+    return load_npy(folder / "features.npy")
+
+
+# ---------------------------------------------------------------------------------------------- zero-shot
+
+
+@torch.no_grad()
+def class_text_features(teacher: Any, class_texts: list[list[str]], batch_size: int = 256) -> torch.Tensor:
+    """C x D: each class's texts through the teacher's text tower, L2-normalised, averaged, renormalised."""
+    empty = [c for c, texts in enumerate(class_texts) if not texts]
+    if empty:
+        raise ArtifactError(f"class {empty[0]} has no text; rerun `vlmkd classtext`")
+    flat = [t for texts in class_texts for t in texts]
+    emb = torch.cat(
+        [teacher.encode_text(flat[s : s + batch_size]).float().cpu() for s in range(0, len(flat), batch_size)]
+    )
+    owner = torch.tensor([c for c, texts in enumerate(class_texts) for _ in texts])
+    sums = torch.zeros(len(class_texts), emb.shape[1]).index_add_(0, owner, F.normalize(emb, dim=-1))
+    return F.normalize(sums, dim=-1)  # the direction of the sum is that of the mean
+
+
+def zero_shot_accuracy(image_feats: Any, class_feats: Any, labels: Any) -> dict[str, Any]:
+    """classification_metrics of argmax cosine(image, class) (N x K x D image features: views averaged)."""
+    from vlmkd.eval.metrics import classification_metrics
+
+    x = torch.as_tensor(np.asarray(image_feats, dtype=np.float32))
+    if x.ndim == 3:
+        x = F.normalize(x, dim=-1).mean(1)
+    w = torch.as_tensor(np.asarray(class_feats, dtype=np.float32))
+    sims = F.normalize(x, dim=-1) @ F.normalize(w, dim=-1).T
+    return classification_metrics(sims.argmax(1).numpy(), labels, w.shape[0])
