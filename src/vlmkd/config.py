@@ -131,6 +131,9 @@ class EvalConfig:
     last_k_average: int = 5  # also report the mean of the last k evaluations (the OOD paper's protocol)
     tail_classes: int = 3  # size of the "rarest classes" group reported next to Many/Medium/Few
     select_on: str = "val"  # model selection split; never the test or the novel-class split
+    # splits also scored at every evaluation, for reporting only (the OOD paper's "average of the last 5
+    # epochs" on X_ood); they never select anything
+    track: list[str] = field(default_factory=list)
 
 
 @dataclass

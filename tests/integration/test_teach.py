@@ -234,6 +234,12 @@ def test_ood_training_on_cached_features_and_teacher_eval(tmp_path, tiny, capsys
     t = json.loads((tmp_path / "t.json").read_text())
     assert t["teacher"].startswith(f"hf:{tiny['clip']}")
     assert len(t["splits"]["ood_test"]["per_class"]) == 1 and len(t["splits"]["id"]["per_class"]) == 2
+    for method in ("finetune", "tip_adapter"):  # 5-shot adaptation to the novel class, both protocols
+        out = tmp_path / f"fs_{method}.json"
+        args = ["eval", str(run), "--few-shot", "5", "--few-shot-method", method, "--few-shot-steps", "2"]
+        assert main([*args, "--out", str(out)]) == 0
+        fs = json.loads(out.read_text())["splits"]["ood_test_5shot"]
+        assert fs["shots"] == 5 and fs["method"] == method and 0.0 <= fs["overall"] <= 1.0
 
 
 @pytest.mark.parametrize("view", ["augmented_k", "consistent"])

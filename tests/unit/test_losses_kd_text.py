@@ -187,3 +187,26 @@ def test_text_nce_learnable_scale_is_clamped_to_100():
 def test_text_nce_dimension_mismatch_is_a_config_error():
     with pytest.raises(ConfigError, match="embed_dim"):
         L.build("text_nce")(torch.randn(2, 4), torch.randn(2, 5), labels(0, 1))
+
+
+def test_kd_logit_adjust_golden():
+    """Prior-corrected KD: both sides + log(prior) before the tempered softmax (numbers by hand in numpy)."""
+    s = np.array([[1.0, 0.0, -1.0]])
+    t = np.array([[0.0, 2.0, 0.0]])
+    counts = [80, 15, 5]
+    T = 2.0
+    lp = np.log(np.array(counts) / 100.0)
+
+    def softmax(x):
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    p_t, p_s = softmax((t[0] + lp) / T), softmax((s[0] + lp) / T)
+    expected = T * T * float(np.sum(p_t * (np.log(p_t) - np.log(p_s))))
+    loss = L.build("kd", temperature=T, logit_adjust=True, class_counts=counts)
+    got = float(loss(torch.tensor(s, dtype=torch.float32), torch.tensor(t, dtype=torch.float32)))
+    assert got == pytest.approx(expected, rel=1e-5)
+    plain = float(L.build("kd", temperature=T)(torch.tensor(s).float(), torch.tensor(t).float()))
+    assert abs(plain - got) > 1e-3  # the prior changes the target
+    with pytest.raises(ConfigError, match="class_counts"):
+        L.build("kd", logit_adjust=True)

@@ -20,6 +20,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="evaluate the run's CLIP teacher (clip.name) zero-shot instead, on the same splits and label sets",
     )
+    p.add_argument(
+        "--few-shot",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also adapt to the novel classes from K images each and score them (OOD runs)",
+    )
+    p.add_argument(
+        "--few-shot-method",
+        choices=["finetune", "tip_adapter"],
+        default="finetune",
+        help="fine-tuning with the balanced few-shot sampler (the paper) or training-free retrieval",
+    )
+    p.add_argument("--few-shot-steps", type=int, default=150)
+    p.add_argument("--seed", type=int, default=0, help="support-set sampling and fine-tuning seed")
     p.set_defaults(func=run)
 
 
@@ -50,6 +65,22 @@ def run(args: argparse.Namespace) -> int:
         _, per_split = load_class_text(cfg, manifests)
         spec = EvalSpec("cosine", meta["eval"].get("temperature", 0.07), per_split)
     summary = evaluate_run(student, manifests, cfg, spec)
+    if args.few_shot:
+        from vlmkd.eval.fewshot import few_shot_eval
+        from vlmkd.teachers.clip import resolve_device
+
+        summary["splits"][f"ood_test_{args.few_shot}shot"] = few_shot_eval(
+            student,
+            manifests,
+            spec.class_text,
+            cfg.data,
+            args.few_shot,
+            args.few_shot_method,
+            args.few_shot_steps,
+            args.seed,
+            spec.temperature,
+            resolve_device(cfg.train.device),
+        )
     if args.out:
         write_json(args.out, summary)
     _print_splits(summary)

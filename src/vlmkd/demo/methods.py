@@ -3,8 +3,16 @@
 
 from __future__ import annotations
 
-KD = ["losses.kd.name=kd", "losses.kd.weight=1.0", "losses.kd.args={temperature: 2.0}", "teacher.name=clip"]
-TEXT = ["losses.text.name=text_nce", "losses.text.weight=1.0", "model.head=both"]
+# KD from the domain teacher used as a zero-shot classifier over the enriched class texts. logit_adjust applies
+# the balanced-softmax prior correction to the KD term too (our default; plain Hinton KD on long-tailed data pulls
+# the student back towards the head classes: `losses.kd.args={temperature: 2.0}` gives the plain form).
+KD = [
+    "losses.kd.name=kd",
+    "losses.kd.weight=2.0",
+    "losses.kd.args={temperature: 2.0, logit_adjust: true}",
+    "teacher.name=clip",
+]
+TEXT = ["losses.text.name=text_nce", "losses.text.weight=2.0", "model.head=both"]
 BSM = ["losses.cls.name=balanced_softmax"]
 
 # VLM-KD (long tail): the paper's loss L_cls + w_kd L_kd + w_text L_text, each term switchable.

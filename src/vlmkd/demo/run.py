@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,12 @@ HONEST_NOTE = (
 
 @dataclass
 class DemoSettings:
-    pool_per_class: int = 1000
-    lt_n_max: int | None = None  # None: all 5000 remaining images of the head class
+    pool_per_class: int = 1000  # the disjoint balanced pool the domain teacher learns from
+    lt_n_max: int | None = 2500  # head-class size of the long-tailed student set (tail: 2500 / 100 = 25)
     teacher_epochs: int = 8
-    student_epochs: int = 12
+    student_epochs: int = 10
     ood_per_class: int = 1000  # base-class images per class for OOD distillation (balanced, as in the paper)
-    ood_epochs: int = 12
+    ood_epochs: int = 10
     fewshot_steps: int = 150
     shots: int = 5
     novel_classes: tuple[int, ...] = (2, 4, 6, 7, 9)  # Pullover, Coat, Shirt, Sneaker, Ankle boot
@@ -198,9 +198,7 @@ class Demo:
         return res
 
     def ood(self) -> dict[str, list[dict[str, float]]]:
-        from vlmkd.eval.fewshot import finetune_few_shot, sample_support
-        from vlmkd.eval.metrics import classification_metrics
-        from vlmkd.eval.predict import cosine_logits, student_outputs
+        from vlmkd.eval.fewshot import few_shot_eval
 
         novel = "[" + ",".join(str(c) for c in self.s.novel_classes) + "]"
         base = [
@@ -217,26 +215,16 @@ class Demo:
                 trainer, summary = self.train(
                     f"ood-{method}", base + ov + [f"text.class_embeddings={texts / 'embeddings'}"], seed
                 )
-                ms, spec = trainer.manifests, trainer.eval_spec
-                support = ms["ood"].subset(sample_support(ms["ood"], self.s.shots, seed), "support")
-                all_text = torch.from_numpy(
-                    np.concatenate([spec.class_text["train"], spec.class_text["ood_test"]])
-                )
-                tuned = finetune_few_shot(
+                fs = few_shot_eval(
                     trainer.task.student,
-                    ms["train"],
-                    support,
-                    all_text,
+                    trainer.manifests,
+                    trainer.eval_spec.class_text,
                     trainer.cfg.data,
+                    self.s.shots,
                     steps=self.s.fewshot_steps,
                     seed=seed,
                     device=self.device,
                 )
-                out = student_outputs(
-                    tuned, ms["ood_test"], trainer.cfg.data, self.device, desc="eval 5-shot"
-                )
-                pred = cosine_logits(out["embedding"], spec.class_text["ood_test"]).argmax(1)
-                fs = classification_metrics(pred, out["labels"], ms["ood_test"].num_classes)
                 res.setdefault(method, []).append(
                     {
                         "id": summary["splits"]["id"]["mean_per_class"],
@@ -280,7 +268,10 @@ def summarise(demo: Demo, lt: dict, ood: dict) -> dict[str, Any]:
         "note": HONEST_NOTE,
         "class_names": train.class_names,
         "train_counts": train.class_counts().tolist(),
-        "buckets": {"many_threshold": 1000, "few_threshold": 200},
+        "buckets": {
+            "many_threshold": demo.base["data"]["many_threshold"],
+            "few_threshold": demo.base["data"]["few_threshold"],
+        },
         "teacher": {
             "kind": "in-house domain teacher (LiT: image tower trained into frozen MiniLM space)",
             "trained_on": f"disjoint balanced pool, {len(demo.manifests['pool'])} images",
@@ -308,12 +299,13 @@ def run_demo(
     device: str = "cpu",
     data_root: str | None = None,
     parts: tuple[str, ...] = ("longtail", "ood"),
+    settings: DemoSettings | None = None,
 ) -> dict[str, Any]:
     from vlmkd.demo.report import print_tables, write_demo_report
     from vlmkd.utils.io import write_json
 
     t0 = time.time()
-    settings = replace(QUICK if quick else FULL)
+    settings = settings or replace(QUICK if quick else FULL)
     demo = Demo(out, settings, seeds, device, data_root)
     print(HONEST_NOTE)
     artifacts = demo.build_artifacts()
@@ -323,6 +315,7 @@ def run_demo(
     summary = summarise(demo, lt, ood)
     summary["artifacts"] = artifacts
     summary["mode"] = "quick" if quick else "full"
+    summary["settings"] = asdict(settings)
     write_json(Path(out) / "summary.json", summary)
     write_demo_report(Path(out), summary)
     print_tables(summary)

@@ -273,8 +273,10 @@ class Trainer:
         return self.ema.module if self.ema is not None else unwrap(self.task.student)
 
     def _evaluate_epoch(self, epoch: int) -> None:
-        split = self.cfg.eval.select_on
-        if self.info.is_main and split in self.manifests:
+        splits = dict.fromkeys([self.cfg.eval.select_on, *self.cfg.eval.track])
+        for split in splits if self.info.is_main else ():
+            if split not in self.manifests or (split.startswith("ood") and self.eval_spec.mode == "logits"):
+                continue
             from vlmkd.eval.evaluate import evaluate_split
 
             m = evaluate_split(

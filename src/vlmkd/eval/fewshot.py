@@ -134,3 +134,62 @@ def tip_adapter_logits(
     k = keys / np.maximum(np.linalg.norm(keys, axis=1, keepdims=True), 1e-12)
     onehot = np.eye(len(w))[key_labels]
     return q @ w.T + alpha * np.exp(-beta * (1 - q @ k.T)) @ onehot
+
+
+def few_shot_eval(
+    student: torch.nn.Module,
+    manifests: dict[str, Manifest],
+    class_text: dict[str, np.ndarray],
+    data_cfg: DataConfig,
+    shots: int = 5,
+    method: str = "finetune",
+    steps: int = 150,
+    seed: int = 0,
+    temperature: float = 0.07,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """N-shot accuracy on the novel classes' test images (`ood_test`), support drawn from their training images
+    (`ood`), by fine-tuning (the paper's protocol) or training-free Tip-Adapter retrieval (its ablation)."""
+    from vlmkd.eval.metrics import classification_metrics
+    from vlmkd.eval.predict import cosine_logits, student_outputs
+
+    if not {"ood", "ood_test"} <= set(manifests) or "ood_test" not in class_text:
+        raise ConfigError(
+            "few-shot evaluation needs novel classes (data.split.num_novel > 0 or novel_classes) "
+            "and an embedding student with class texts for them"
+        )
+    pool, test = manifests["ood"], manifests["ood_test"]
+    if pool.class_names != test.class_names:
+        raise ConfigError(
+            "the novel classes' train and test splits list different classes; rebuild the manifests"
+        )
+    support = pool.subset(sample_support(pool, shots, seed), "support")
+    novel = class_text["ood_test"]
+    if method == "finetune":
+        both = torch.from_numpy(np.concatenate([class_text["train"], novel]))
+        model = finetune_few_shot(
+            student,
+            manifests["train"],
+            support,
+            both,
+            data_cfg,
+            steps=steps,
+            temperature=temperature,
+            seed=seed,
+            device=device,
+        )
+        out = student_outputs(model, test, data_cfg, device, desc=f"eval {shots}-shot")
+        logits = cosine_logits(out["embedding"], novel, temperature)
+    elif method == "tip_adapter":
+        out = student_outputs(student, test, data_cfg, device, desc="eval queries")
+        keys = student_outputs(student, support, data_cfg, device, desc="support keys")["embedding"]
+        logits = tip_adapter_logits(out["embedding"], novel, keys, support.labels)
+    else:
+        raise ConfigError(f"few-shot method must be finetune or tip_adapter, got {method!r}")
+    m = classification_metrics(logits.argmax(1), out["labels"], test.num_classes)
+    return {
+        "shots": shots,
+        "method": method,
+        "seed": seed,
+        **{k: v for k, v in m.items() if k != "confusion"},
+    }

@@ -88,11 +88,13 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
             "cosine", _temperature(terms), per_split, _class_text_info(cfg, train.class_names)
         )
         embed_dim = embed_dim or class_text.shape[1]
-    if "text_emb" in needed:
+    if needed & {"text_emb", "caption_emb"}:
         from vlmkd.tasks.sources import load_image_text
 
-        extras["text_emb"] = load_image_text(cfg, train)
-        embed_dim = embed_dim or extras["text_emb"].shape[-1]
+        per_image = load_image_text(cfg, train)  # the descriptions double as the OOD paper's captions (L_cap)
+        for key in needed & {"text_emb", "caption_emb"}:
+            extras[key] = per_image
+        embed_dim = embed_dim or per_image.shape[-1]
     if "teacher_features" in needed and cfg.clip.view in ("clean", "augmented_k"):
         from vlmkd.tasks.sources import load_teacher_features
 
