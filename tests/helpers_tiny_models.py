@@ -142,3 +142,32 @@ def make_tiny_llava(out_dir: str | Path, seed: int = 0) -> str:
     model.save_pretrained(out)
     proc.save_pretrained(out)
     return str(out)
+
+
+def make_tiny_hf_clip(out_dir: str | Path, seed: int = 0, dim: int = 16, text_layers: int = 1) -> str:
+    """A 32-wide CLIPModel (image 32 px, patch 8, `dim`-d joint space) with a CLIPProcessor whose tokenizer is the
+    bundled MiniLM vocabulary; saved with save_pretrained. Returns the folder."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
+    cfg = CLIPConfig(
+        text_config={
+            **tower,
+            "num_hidden_layers": text_layers,
+            "vocab_size": tok.vocab_size,
+            "max_position_embeddings": 64,
+            "eos_token_id": tok.sep_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "bos_token_id": tok.cls_token_id,
+        },
+        vision_config={**tower, "num_hidden_layers": 1, "image_size": 32, "patch_size": 8},
+        projection_dim=dim,
+    )
+    ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    out = Path(out_dir)
+    CLIPModel(cfg).save_pretrained(out)
+    CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out)
+    return str(out)

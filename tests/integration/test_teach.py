@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from conftest import make_image_folder
+from helpers_tiny_models import make_tiny_hf_clip
 from vlmkd.cli import main
 from vlmkd.config import ClipTeacherConfig, load_config
 from vlmkd.data import build_manifests
@@ -20,33 +20,6 @@ from vlmkd.teachers.clip import load_clip_teacher
 from vlmkd.teachers.features import cache_folder, teacher_features
 
 CLASSES = ("cat", "dog", "owl")
-
-
-def make_tiny_hf_clip(out_dir: Path, seed: int = 0) -> str:
-    """1-layer, 32-wide CLIP (image 32 px, patch 8, 16-d space), MiniLM vocabulary tokenizer, save_pretrained."""
-    from transformers import BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from helpers_tiny_models import minilm_folder
-
-    torch.manual_seed(seed)
-    tok = BertTokenizerFast.from_pretrained(minilm_folder())
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
-    cfg = CLIPConfig(
-        text_config={
-            **small,
-            "vocab_size": tok.vocab_size,
-            "max_position_embeddings": 64,
-            "eos_token_id": tok.sep_token_id,
-            "pad_token_id": tok.pad_token_id,
-            "bos_token_id": tok.cls_token_id,
-        },
-        vision_config={**small, "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPModel(cfg).save_pretrained(out_dir)
-    CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out_dir)
-    return str(out_dir)
 
 
 @pytest.fixture(scope="module")

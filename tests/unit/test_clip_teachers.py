@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from helpers_tiny_models import make_tiny_hf_clip
 from vlmkd.errors import BackendError, ConfigError
 from vlmkd.teachers import build_clip_teacher
 from vlmkd.teachers.base import VisionLanguageTeacher, encode_pil
@@ -21,44 +21,6 @@ TINY_OPEN_CLIP = {
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
-
-
-def make_tiny_hf_clip(out_dir: str | Path, seed: int = 0, dim: int = 16) -> str:
-    """A 1-layer, 32-wide CLIPModel (image 32 px, patch 8) with a CLIPProcessor whose tokenizer is the bundled
-    MiniLM vocabulary; saved with save_pretrained. Returns the folder."""
-    from transformers import BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from helpers_tiny_models import minilm_folder
-
-    torch.manual_seed(seed)
-    tok = BertTokenizerFast.from_pretrained(minilm_folder())
-    cfg = CLIPConfig(
-        text_config={
-            "vocab_size": tok.vocab_size,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 64,
-            "eos_token_id": tok.sep_token_id,
-            "pad_token_id": tok.pad_token_id,
-            "bos_token_id": tok.cls_token_id,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=dim,
-    )
-    ip = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    out = Path(out_dir)
-    CLIPModel(cfg).save_pretrained(out)
-    CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture(scope="module")

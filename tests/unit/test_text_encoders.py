@@ -72,35 +72,9 @@ def test_registry_and_errors():
 
 
 def test_hf_clip_text_tower_tiny(tmp_path):
-    from transformers import BertTokenizerFast, CLIPConfig, CLIPModel
+    from helpers_tiny_models import make_tiny_hf_clip
 
-    from helpers_tiny_models import minilm_folder
-
-    tok = BertTokenizerFast.from_pretrained(minilm_folder())
-    cfg = CLIPConfig(
-        text_config={
-            "vocab_size": tok.vocab_size,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 64,
-            "eos_token_id": tok.sep_token_id,
-            "pad_token_id": tok.pad_token_id,
-            "bos_token_id": tok.cls_token_id,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    CLIPModel(cfg).save_pretrained(tmp_path / "clip")
-    tok.save_pretrained(tmp_path / "clip")
+    make_tiny_hf_clip(tmp_path / "clip", text_layers=2)
     enc = build_text_encoder("hf_clip", model=str(tmp_path / "clip"))
     e = enc.encode(["a photo of a cat", "a dog", "a photo of a cat"])
     assert enc.dim == 16 and e.shape == (3, 16) and np.allclose(e[0], e[2], atol=1e-5)

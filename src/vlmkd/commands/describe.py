@@ -42,21 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def build_teacher(cfg):
     """The contrastive model the interrogate describer ranks phrases with (cfg.clip.name)."""
     from vlmkd.errors import ConfigError
+    from vlmkd.teachers import build_clip_teacher
+    from vlmkd.teachers.clip import resolve_device
 
-    name = cfg.clip.name
-    if not name:
-        raise ConfigError("the interrogate describer needs clip.name (e.g. domain:artifacts/domain_teacher)")
-    try:  # the lead's teacher factory, when present
-        from vlmkd.teachers import build_clip_teacher  # type: ignore[attr-defined]
-
-        return build_clip_teacher(cfg.clip)
-    except ImportError:
-        pass
-    if name.startswith("domain:"):
-        from vlmkd.teachers.domain import load_domain_teacher
-
-        return load_domain_teacher(name.split(":", 1)[1])
-    raise ConfigError(f"clip.name {name!r}: only domain:PATH teachers can be built here")
+    if not cfg.clip.name:
+        raise ConfigError(
+            "the interrogate describer needs clip.name (e.g. domain:artifacts/domain_teacher/<id>)"
+        )
+    return build_clip_teacher(cfg.clip, resolve_device(cfg.describe.device))
 
 
 def run(args: argparse.Namespace) -> int:
