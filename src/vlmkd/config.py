@@ -134,6 +134,9 @@ class EvalConfig:
     # splits also scored at every evaluation, for reporting only (the OOD paper's "average of the last 5
     # epochs" on X_ood); they never select anything
     track: list[str] = field(default_factory=list)
+    # also score X_id and X_ood among base + novel class texts together (the generalized setting); the paper's
+    # restricted setting (X_id among base texts, X_ood among novel texts) is always reported
+    generalized: bool = False
 
 
 @dataclass

@@ -207,6 +207,12 @@ def test_ood_training_on_cached_features_and_teacher_eval(tmp_path, tiny, capsys
     t = json.loads((tmp_path / "t.json").read_text())
     assert t["teacher"].startswith(f"hf:{tiny['clip']}")
     assert len(t["splits"]["ood_test"]["per_class"]) == 1 and len(t["splits"]["id"]["per_class"]) == 2
+    rep_out = tmp_path / "rep.json"
+    assert main(["eval", str(run), "--representation", "eval.generalized=true", "--out", str(rep_out)]) == 0
+    rep = json.loads(rep_out.read_text())
+    assert 0.0 <= rep["representation"]["id"]["m_rel"] <= 1.0 and "m_vlalign@2" in rep["representation"]["id"]
+    # generalized: X_ood among base + novel texts together (3 classes here)
+    assert rep["splits"]["ood_test_generalized"]["classes_scored_among"] == 3
     for method in ("finetune", "tip_adapter"):  # 5-shot adaptation to the novel class, both protocols
         out = tmp_path / f"fs_{method}.json"
         args = ["eval", str(run), "--few-shot", "5", "--few-shot-method", method, "--few-shot-steps", "2"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -35,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--few-shot-steps", type=int, default=150)
     p.add_argument("--seed", type=int, default=0, help="support-set sampling and fine-tuning seed")
+    p.add_argument(
+        "--representation",
+        action="store_true",
+        help="also compare the student's embedding space with the CLIP teacher's: M_rel, M_neigh(3,5,10), "
+        "M_vlalign(2,3,5) per split",
+    )
     p.set_defaults(func=run)
 
 
@@ -81,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
             spec.temperature,
             resolve_device(cfg.train.device),
         )
+    if args.representation:
+        summary["representation"] = _representation(student, cfg, manifests)
+        for split, r in summary["representation"].items():
+            print(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
     if args.out:
         write_json(args.out, summary)
     _print_splits(summary)
@@ -156,3 +168,44 @@ def _eval_teacher(cfg, out: str | None) -> int:
             json.dumps({"teacher": teacher.teacher_id, **{k: head[k] for k in ("overall", "mean_per_class")}})
         )
     return 0
+
+
+def _representation(student, cfg, manifests) -> dict:
+    """The paper's representation metrics between the student's and the teacher's image features (clean view)."""
+    import dataclasses
+
+    from vlmkd.errors import ConfigError
+    from vlmkd.eval.predict import student_outputs
+    from vlmkd.eval.representation import m_neigh, m_rel, m_vlalign
+    from vlmkd.teachers import build_clip_teacher
+    from vlmkd.teachers.clip import resolve_device
+    from vlmkd.teachers.features import class_text_features, teacher_features
+
+    if not cfg.clip.name:
+        raise ConfigError("--representation compares the student with the CLIP teacher; set clip.name")
+    device = resolve_device(cfg.train.device)
+    teacher = build_clip_teacher(cfg.clip, device)
+    names, texts = _class_texts(cfg)
+    row = {n: i for i, n in enumerate(names)}
+    clean = dataclasses.replace(cfg.clip, view="clean", num_views=1)
+    out: dict = {}
+    for split in ("id", "ood_test", "test"):
+        m = manifests.get(split)
+        if m is None or len(m) < 2 or any(n not in row for n in m.class_names):
+            continue
+        s = student_outputs(student, m, cfg.data, device, desc=f"student {split}").get("embedding")
+        if s is None:
+            raise ConfigError(
+                "--representation needs a student with an embedding head (model.head=embedding/both)"
+            )
+        t = np.asarray(teacher_features(teacher, m, clean, device, cfg.data), dtype=np.float32)
+        if s.shape[1] != t.shape[1]:
+            raise ConfigError(
+                f"student embedding ({s.shape[1]}-d) and teacher features ({t.shape[1]}-d) differ"
+            )
+        w = class_text_features(teacher, [texts[row[n]] for n in m.class_names])
+        res = {"m_rel": m_rel(s, t)}
+        res.update({f"m_neigh@{k}": m_neigh(s, t, k) for k in (3, 5, 10) if k < len(m)})
+        res.update({f"m_vlalign@{k}": m_vlalign(s, t, w, k) for k in (2, 3, 5) if k <= len(w)})
+        out[split] = res
+    return out

@@ -31,9 +31,11 @@ class DemoSettings:
     lt_n_max: int | None = 2500  # head-class size of the long-tailed student set (tail: 2500 / 100 = 25)
     teacher_epochs: int = 8
     student_epochs: int = 10
-    ood_per_class: int = 1000  # base-class images per class for OOD distillation (balanced, as in the paper)
-    ood_epochs: int = 10
-    fewshot_steps: int = 150
+    ood_per_class: int = (
+        600  # base-class training images per class for OOD distillation (balanced, as the paper)
+    )
+    ood_epochs: int = 8
+    fewshot_steps: int = 100
     shots: int = 5
     novel_classes: tuple[int, ...] = (2, 4, 6, 7, 9)  # Pullover, Coat, Shirt, Sneaker, Ankle boot
 

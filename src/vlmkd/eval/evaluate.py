@@ -70,6 +70,8 @@ def evaluate_run(
             if split.startswith("ood") and eval_spec.mode == "logits":
                 continue  # a closed-set classifier cannot score novel classes
             summary["splits"][split] = evaluate_split(model, manifests, split, cfg, eval_spec, device)
+    if cfg.eval.generalized:
+        summary["splits"].update(evaluate_generalized(model, manifests, cfg, eval_spec, device))
     headline_split = "test" if "test" in summary["splits"] else next(iter(summary["splits"]), None)
     headline = summary["splits"].get(headline_split, {}) if headline_split else {}
     summary["headline_split"] = headline_split
@@ -88,3 +90,30 @@ def evaluate_run(
             if vals:  # the OOD paper reports the mean of the last 5 epochs rather than one checkpoint
                 summary[f"{split}_last{k}_{key}"] = average_last_k(vals, k)
     return summary
+
+
+def evaluate_generalized(
+    model: torch.nn.Module, manifests: dict[str, Manifest], cfg: Config, eval_spec, device="cpu"
+) -> dict[str, dict[str, Any]]:
+    """X_id and X_ood each scored among the base and novel class texts together (`<split>_generalized`)."""
+    texts = eval_spec.class_text
+    if eval_spec.mode != "cosine" or not {"train", "ood_test"} <= set(texts):
+        return {}
+    both = np.concatenate([texts["train"], texts["ood_test"]])
+    offsets = {"id": 0, "ood_test": len(texts["train"])}
+    out: dict[str, dict[str, Any]] = {}
+    for split, offset in offsets.items():
+        m = manifests.get(split)
+        if m is None or not len(m):
+            continue
+        res = student_outputs(model, m, cfg.data, device, desc=f"eval {split} (generalized)")
+        pred = cosine_logits(res["embedding"], both, eval_spec.temperature).argmax(1)
+        labels = res["labels"] + offset
+        per_class = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
+        out[f"{split}_generalized"] = {
+            "overall": float((pred == labels).mean()),
+            "mean_per_class": float(np.mean(per_class)),
+            "per_class": per_class,
+            "classes_scored_among": len(both),
+        }
+    return out
