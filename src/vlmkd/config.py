@@ -52,6 +52,9 @@ class DataConfig:
     val_list: str | None = None
     test_list: str | None = None
     class_names_file: str | None = None  # optional: one class name per line, in label order
+    # ood_lists format: folder holding relative train/val/test lists (default: data.root; absolute lists work too)
+    list_root: str | None = None
+    strip_components: int = 1  # ood_lists: leading list-path components dropped (the paper's split folder)
     val_fraction: float = (
         0.0  # carve a class-stratified validation split out of train when no val list exists
     )

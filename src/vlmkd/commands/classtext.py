@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     if split not in manifests:
         raise ConfigError(f"split {split!r} does not exist; choose one of: {', '.join(manifests)}")
     names = manifests[split].class_names
+    if manifests[split].source.get("all_classes"):  # ood_lists: one store for the base and the novel classes
+        names = list(manifests[split].source["all_classes"])
     folder = build_class_texts(names, cfg.classtext, None if args.no_embed else cfg.embed)
     data = load_class_texts(folder)
     n = sum(len(t) for t in data["texts"])

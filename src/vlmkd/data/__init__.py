@@ -6,7 +6,7 @@ from vlmkd.config import DataConfig
 from vlmkd.data.formats import FORMATS, list_formats
 from vlmkd.data.longtail import base_novel_split, make_longtail, stratified_holdout
 from vlmkd.data.manifest import Manifest
-from vlmkd.errors import DataError
+from vlmkd.errors import ConfigError, DataError
 
 __all__ = ["Manifest", "build_manifests", "list_formats"]
 
@@ -17,6 +17,7 @@ def build_manifests(cfg: DataConfig) -> dict[str, Manifest]:
     Keys: "train" (the student set), "test", and when configured "val", "pool" (the disjoint balanced pool),
     and for open-vocabulary runs "id" (held-out base-class images) and "ood" (all novel-class images of train and
     test, relabelled 0..num_novel-1); in that case "train"/"val"/"test" are restricted to the base classes.
+    A format whose lists fix that split (ood_lists) returns "id", "ood" and "ood_test" itself.
     """
     splits = FORMATS.build(cfg.format, cfg=cfg)
     full_train = splits["train"]
@@ -30,7 +31,13 @@ def build_manifests(cfg: DataConfig) -> dict[str, Manifest]:
         out["train"], out["val"] = stratified_holdout(
             out["train"], cfg.val_fraction, cfg.longtail.seed, "val"
         )
-    if cfg.split.num_novel or cfg.split.novel_classes:
+    if "ood_test" in splits:  # the format's lists fix the base/novel split and X_id (ood_lists)
+        if cfg.split.num_novel or cfg.split.novel_classes:
+            raise ConfigError(
+                f"data.format {cfg.format} takes its base/novel classes from the lists; "
+                "leave data.split.num_novel at 0 and data.split.novel_classes unset"
+            )
+    elif cfg.split.num_novel or cfg.split.novel_classes:
         base, novel = base_novel_split(full_train.num_classes, cfg.split)
         ood_train = full_train.relabel(novel, "ood")
         # X_ood: every image of the novel classes, the held-out training images and the test images alike

@@ -3,7 +3,8 @@
 Fine-tuning starts from the distilled student and trains on base-class images plus N support images per novel
 class, with batches in which at most half the samples are few-shot ones (the paper's balanced sampler), using the
 vision-language classification loss over base + novel class texts. Support images come from the novel classes'
-training images, so they are never part of the test split they are evaluated on.
+training images (`ood`); any that are also in the test split (`ood_test`, matched by sample id, as with the
+paper's lists where both are X_ood) are removed from it before scoring.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def sample_support(manifest: Manifest, shots: int, seed: int = 0) -> np.ndarray:
             )
         out.append(rng.choice(idx, size=shots, replace=False))
     return np.sort(np.concatenate(out))
+
+
+def without_support(test: Manifest, support: Manifest) -> Manifest:
+    """`test` minus the support images, matched by sample id (a no-op when the two are disjoint)."""
+    held = set(support.ids)
+    keep = [i for i, sid in enumerate(test.ids) if sid not in held]
+    return test if len(keep) == len(test) else test.subset(keep)
 
 
 class _TwoPartDataset(torch.utils.data.Dataset):
@@ -164,6 +172,7 @@ def few_shot_eval(
             "the novel classes' train and test splits list different classes; rebuild the manifests"
         )
     support = pool.subset(sample_support(pool, shots, seed), "support")
+    test = without_support(test, support)  # the paper scores X_ood minus the shots when both come from it
     novel = class_text["ood_test"]
     if method == "finetune":
         both = torch.from_numpy(np.concatenate([class_text["train"], novel]))
