@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 
 from conftest import FMNIST_DIR, needs_fmnist
 from vlmkd.cli import main
@@ -72,6 +73,37 @@ def test_demo_miniature_end_to_end(tmp_path, capsys):
     assert s["settings"]["pool_per_class"] == 60
     printed = capsys.readouterr().out
     assert "trained in-house" in printed and "| vlmkd |" in printed
+
+    # Ship the OOD student as a zero-shot ONNX classifier over the novel classes it never saw, then predict from
+    # the exported files and the bundled MiniLM alone.
+    novel = s["ood_setup"]["novel_classes"]
+    run = tmp_path / "demo" / "runs" / "ood-vl_cls+im_cst+vlprox-s0"
+    export = tmp_path / "export"
+    args = [
+        "export",
+        str(run),
+        "--format",
+        "onnx",
+        "--head",
+        "zero_shot",
+        "--out",
+        str(export),
+        "--no-latency",
+    ]
+    assert main([*args, "--classes", *novel]) == 0
+    images = tmp_path / "novel_images"
+    images.mkdir()
+    test_x = _read_idx(_find_idx(tmp_path / "fmnist", "t10k-images-idx3-ubyte"))
+    test_y = _read_idx(_find_idx(tmp_path / "fmnist", "t10k-labels-idx1-ubyte"))
+    names = s["class_names"]
+    picked = [i for i in range(len(test_y)) if names[test_y[i]] in novel][:10]
+    for i in picked:
+        Image.fromarray(test_x[i]).save(images / f"{i}.png")
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(export), str(images), "--format", "json", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == len(picked) and all(r["error"] is None for r in rows)
+    assert {r["label"] for r in rows} <= set(novel)
 
 
 @needs_fmnist
