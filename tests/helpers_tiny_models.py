@@ -171,3 +171,27 @@ def make_tiny_hf_clip(out_dir: str | Path, seed: int = 0, dim: int = 16, text_la
     CLIPModel(cfg).save_pretrained(out)
     CLIPProcessor(image_processor=ip, tokenizer=tok).save_pretrained(out)
     return str(out)
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def make_tiny_open_clip(out_dir: str | Path, seed: int = 0) -> tuple[str, str]:
+    """A 1-layer, 32-wide open_clip ViT registered from a JSON model config (process-wide, as open_clip does),
+    random weights saved as a local checkpoint. Returns (arch, checkpoint path): `open_clip:ARCH/PATH`."""
+    import json
+
+    import open_clip
+    import torch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vlmkd-tiny-vit.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(out / "vlmkd-tiny-vit.json")
+    torch.manual_seed(seed)
+    torch.save(open_clip.create_model("vlmkd-tiny-vit", pretrained=None).state_dict(), out / "tiny.pt")
+    return "vlmkd-tiny-vit", str(out / "tiny.pt")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import make_image_folder
-from helpers_tiny_models import make_tiny_hf_clip
+from helpers_tiny_models import make_tiny_hf_clip, make_tiny_open_clip
 from vlmkd.cli import main
 from vlmkd.config import ClipTeacherConfig, load_config
 from vlmkd.data import build_manifests
@@ -258,3 +258,46 @@ def test_ood_training_with_augmented_and_consistent_views(tmp_path, tiny, view):
         assert len(cached) == 1 and np.load(cached[0]).shape[1] == 2
     else:  # the live teacher needs no cache
         assert cached == []
+
+
+def test_open_clip_teacher_through_teach_train_and_eval(tmp_path, tiny, capsys):
+    """The same OOD path with a tiny open_clip teacher: class texts by its text tower, cached image features, the
+    full alignment loss (vl_cls + im_cst + vlprox), then the teacher's own zero-shot evaluation."""
+    pytest.importorskip("open_clip")
+    arch, ckpt = make_tiny_open_clip(tmp_path / "oc")
+    cache = tmp_path / "cache"
+    cfg_path = write_config(
+        tmp_path / "oc.yaml",
+        tiny,
+        cache,
+        clip={"name": f"open_clip:{arch}/{ckpt}"},
+        classtext={"output": str(tmp_path / "ct")},
+        embed={"encoder": "open_clip", "model": f"{arch}/{ckpt}", "device": "cpu"},
+        model={"name": "cnn_tiny", "head": "embedding"},
+        losses={
+            "cls": {"name": "vl_cls"},
+            "im_cst": {"name": "im_cst", "weight": 1.0},
+            "vlprox": {"name": "vlprox", "weight": 1.0, "args": {"k": 2}},
+        },
+        train={
+            "epochs": 1,
+            "max_steps": 2,
+            "output_dir": str(tmp_path / "runs"),
+            "tensorboard": False,
+            "log_every": 1,
+        },
+    )
+    assert main(["classtext", str(cfg_path)]) == 0
+    classtext = next((tmp_path / "ct").glob("*/embeddings"))
+    over = [f"text.class_embeddings={classtext}", "data.split.num_novel=1"]
+    assert main(["teach", str(cfg_path), *over]) == 0
+    assert len(list(cache.glob("*/features.npy"))) == 1
+    run = tmp_path / "run"
+    assert main(["train", str(cfg_path), "--run-dir", str(run), *over]) == 0
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss/im_cst"] > 0 and "loss/vlprox" in first
+    assert len(list(cache.glob("*/features.npy"))) == 1  # training read the cache
+    capsys.readouterr()
+    assert main(["eval", str(run), "--teacher"]) == 0
+    out = capsys.readouterr().out
+    assert "id: overall=" in out and "ood_test: overall=" in out

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from helpers_tiny_models import make_tiny_hf_clip
+from helpers_tiny_models import make_tiny_hf_clip, make_tiny_open_clip
 from vlmkd.errors import BackendError, ConfigError
 from vlmkd.teachers import build_clip_teacher
 from vlmkd.teachers.base import VisionLanguageTeacher, encode_pil
 from vlmkd.teachers.clip import list_clip_teachers, load_clip_teacher
 from vlmkd.teachers.features import class_text_features, zero_shot_accuracy
-
-TINY_OPEN_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +23,8 @@ def hf_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def open_clip_ckpt(tmp_path_factory) -> tuple[str, str]:
     """(arch, checkpoint path) of a tiny open_clip ViT registered from a JSON model config."""
-    open_clip = pytest.importorskip("open_clip")
-    d = tmp_path_factory.mktemp("oc")
-    (d / "vlmkd-tiny-vit.json").write_text(json.dumps(TINY_OPEN_CLIP))
-    open_clip.add_model_config(d / "vlmkd-tiny-vit.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model("vlmkd-tiny-vit", pretrained=None)
-    torch.save(model.state_dict(), d / "tiny.pt")
-    return "vlmkd-tiny-vit", str(d / "tiny.pt")
+    pytest.importorskip("open_clip")
+    return make_tiny_open_clip(tmp_path_factory.mktemp("oc"))
 
 
 def images(n: int = 3) -> list[Image.Image]:
