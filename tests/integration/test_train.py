@@ -1,5 +1,6 @@
 """End-to-end training through the real entry points: resume, DDP equivalence, CLI errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -85,7 +86,7 @@ def test_resume_matches_uninterrupted(tmp_path, data16):
 
     def crashing_step(batch):
         calls["n"] += 1
-        if calls["n"] == 5:  # dies mid-epoch 2, after the step-4 checkpoint
+        if calls["n"] == 6:  # dies mid-epoch 2: after the step-4 checkpoint and the step-5 log record
             raise KeyboardInterrupt
         return real_step(batch)
 
@@ -100,6 +101,14 @@ def test_resume_matches_uninterrupted(tmp_path, data16):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+    def log(run):  # metrics.jsonl without wall times: the resumed log must equal the uninterrupted one
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]
+
+    assert [r["step"] for r in log("cut")] == [r["step"] for r in log("full")]
+    for x, y in zip(log("cut"), log("full")):
+        assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], abs=1e-5) for k in x)
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, data16):

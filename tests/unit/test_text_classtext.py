@@ -102,3 +102,28 @@ def test_llm_sentences_over_http(tmp_path):
     data = load_class_texts(folder)
     assert len(data["texts"]) == 2 and all(len(t) == 2 for t in data["texts"])
     assert data["texts"][0][0].startswith("a photo of cat . a description of")
+
+
+def test_class_template_ablation_replaces_descriptions(image_folder):
+    """text.source=class_templates: every image's text embedding is its class's "a photo of a {c}." embedding."""
+    from vlmkd.config import load_config
+    from vlmkd.data import build_manifests
+    from vlmkd.tasks.sources import load_image_text
+    from vlmkd.text.encoders import build_text_encoder
+
+    cfg = load_config(
+        None,
+        [
+            f"data.root={image_folder}",
+            "data.format=image_folder",
+            "text.source=class_templates",
+            "embed.device=cpu",
+        ],
+    )
+    train = build_manifests(cfg.data)["train"]
+    emb = load_image_text(cfg, train).astype(np.float32)
+    assert emb.shape == (len(train), 384)
+    ref = build_text_encoder("sentence_transformers", device="cpu").encode(
+        [f"a photo of a {c}." for c in train.class_names]
+    )
+    np.testing.assert_allclose(emb, ref[train.labels], atol=2e-3)  # float16 storage

@@ -125,35 +125,51 @@ def _class_texts(cfg) -> tuple[list[str], list[list[str]]]:
     return names, texts
 
 
+def _teacher_splits(cfg, manifests, splits, min_size: int = 1):
+    """(teacher, device, iterator of (split, manifest, clean-view teacher features, the teacher's class-text
+    features)) over the splits whose classes all have class texts; texts go through the teacher's own tower."""
+    import dataclasses
+
+    from vlmkd.errors import ConfigError
+    from vlmkd.teachers import build_clip_teacher
+    from vlmkd.teachers.clip import resolve_device
+    from vlmkd.teachers.features import class_text_features, teacher_features
+
+    if not cfg.clip.name:
+        raise ConfigError(
+            "this needs the run's CLIP teacher: set clip.name (in the config or as an override)"
+        )
+    names, texts = _class_texts(cfg)
+    row = {n: i for i, n in enumerate(names)}
+    device = resolve_device(cfg.train.device)
+    teacher = build_clip_teacher(cfg.clip, device)
+    clean = dataclasses.replace(cfg.clip, view="clean", num_views=1)  # the cached, un-augmented view
+
+    def items():
+        for split in splits:
+            m = manifests.get(split)
+            if m is None or len(m) < min_size or any(n not in row for n in m.class_names):
+                continue
+            feats = np.asarray(teacher_features(teacher, m, clean, device, cfg.data), dtype=np.float32)
+            yield split, m, feats, class_text_features(teacher, [texts[row[n]] for n in m.class_names])
+
+    return teacher, device, items()
+
+
 def _eval_teacher(cfg, out: str | None) -> int:
     """Zero-shot accuracy of the CLIP teacher, each split scored among its own classes (the student's label sets:
     id among the base classes, ood_test among the novel ones), class texts through the teacher's text tower."""
-    import dataclasses
     import json
 
     from vlmkd.data import build_manifests
     from vlmkd.errors import ConfigError
-    from vlmkd.teachers import build_clip_teacher
-    from vlmkd.teachers.clip import resolve_device
-    from vlmkd.teachers.features import class_text_features, teacher_features, zero_shot_accuracy
+    from vlmkd.teachers.features import zero_shot_accuracy
     from vlmkd.utils.io import write_json
 
-    if not cfg.clip.name:
-        raise ConfigError("--teacher needs clip.name in the run's config (or as an override)")
-    names, texts = _class_texts(cfg)
-    row = {n: i for i, n in enumerate(names)}
-    manifests = build_manifests(cfg.data)
-    device = resolve_device(cfg.train.device)
-    teacher = build_clip_teacher(cfg.clip, device)
-    clean = dataclasses.replace(cfg.clip, view="clean", num_views=1)  # scored on the clean view
+    teacher, _, items = _teacher_splits(cfg, build_manifests(cfg.data), ("test", "val", "id", "ood_test"))
     summary: dict = {"teacher": teacher.teacher_id, "splits": {}}
-    for split in ("test", "val", "id", "ood_test"):
-        m = manifests.get(split)
-        if m is None or not len(m) or any(n not in row for n in m.class_names):
-            continue
-        W = class_text_features(teacher, [texts[row[n]] for n in m.class_names])
-        feats = teacher_features(teacher, m, clean, device, cfg.data)
-        metrics = zero_shot_accuracy(feats, W, m.labels)
+    for split, m, feats, w in items:
+        metrics = zero_shot_accuracy(feats, w, m.labels)
         summary["splits"][split] = {k: v for k, v in metrics.items() if k != "confusion"}
     if not summary["splits"]:
         raise ConfigError(
@@ -172,38 +188,22 @@ def _eval_teacher(cfg, out: str | None) -> int:
 
 def _representation(student, cfg, manifests) -> dict:
     """The paper's representation metrics between the student's and the teacher's image features (clean view)."""
-    import dataclasses
-
     from vlmkd.errors import ConfigError
     from vlmkd.eval.predict import student_outputs
     from vlmkd.eval.representation import m_neigh, m_rel, m_vlalign
-    from vlmkd.teachers import build_clip_teacher
-    from vlmkd.teachers.clip import resolve_device
-    from vlmkd.teachers.features import class_text_features, teacher_features
 
-    if not cfg.clip.name:
-        raise ConfigError("--representation compares the student with the CLIP teacher; set clip.name")
-    device = resolve_device(cfg.train.device)
-    teacher = build_clip_teacher(cfg.clip, device)
-    names, texts = _class_texts(cfg)
-    row = {n: i for i, n in enumerate(names)}
-    clean = dataclasses.replace(cfg.clip, view="clean", num_views=1)
+    _, device, items = _teacher_splits(cfg, manifests, ("id", "ood_test", "test"), min_size=2)
     out: dict = {}
-    for split in ("id", "ood_test", "test"):
-        m = manifests.get(split)
-        if m is None or len(m) < 2 or any(n not in row for n in m.class_names):
-            continue
+    for split, m, t, w in items:
         s = student_outputs(student, m, cfg.data, device, desc=f"student {split}").get("embedding")
         if s is None:
             raise ConfigError(
                 "--representation needs a student with an embedding head (model.head=embedding/both)"
             )
-        t = np.asarray(teacher_features(teacher, m, clean, device, cfg.data), dtype=np.float32)
         if s.shape[1] != t.shape[1]:
             raise ConfigError(
                 f"student embedding ({s.shape[1]}-d) and teacher features ({t.shape[1]}-d) differ"
             )
-        w = class_text_features(teacher, [texts[row[n]] for n in m.class_names])
         res = {"m_rel": m_rel(s, t)}
         res.update({f"m_neigh@{k}": m_neigh(s, t, k) for k in (3, 5, 10) if k < len(m)})
         res.update({f"m_vlalign@{k}": m_vlalign(s, t, w, k) for k in (2, 3, 5) if k <= len(w)})

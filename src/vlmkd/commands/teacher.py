@@ -26,10 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _device(cfg: Any, flag: str | None) -> str:
-    import torch
+    from vlmkd.teachers.clip import resolve_device
 
-    want = flag or cfg.train.device
-    return ("cuda" if torch.cuda.is_available() else "cpu") if want == "auto" else want
+    return resolve_device(flag or cfg.train.device)
 
 
 def _class_texts(cfg: Any, names: list[str], encoder: Any, enriched: bool) -> list[list[str]]:
@@ -59,23 +58,6 @@ def _setup(args: argparse.Namespace, split: str):
     return cfg, manifests, encoder
 
 
-def _zero_shot(teacher: Any, manifest: Any, texts: dict[str, list[list[str]]], device: str) -> dict[str, Any]:
-    from vlmkd.eval.metrics import classification_metrics
-    from vlmkd.teachers.domain import class_embeddings, image_embeddings
-
-    feats = image_embeddings(teacher, manifest, device)  # once; each text set is one matrix product
-    out = {}
-    for kind, t in texts.items():
-        pred = (feats @ class_embeddings(teacher, t).T.cpu()).argmax(1).numpy()
-        m = classification_metrics(pred, manifest.labels, manifest.num_classes)
-        out[kind] = {
-            "overall": m["overall"],
-            "mean_per_class": m["mean_per_class"],
-            "per_class": m["per_class"],
-        }
-    return out
-
-
 def _report(out: dict[str, Any], folder: Path, split: str) -> None:
     from vlmkd.utils.io import write_json
 
@@ -88,7 +70,7 @@ def _report(out: dict[str, Any], folder: Path, split: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from vlmkd.teachers.domain import fit_domain_teacher, settings_from_config
+    from vlmkd.teachers.domain import fit_domain_teacher, settings_from_config, zero_shot_eval
     from vlmkd.utils.logging import MetricsLogger
 
     cfg, manifests, encoder = _setup(args, "train")
@@ -127,12 +109,12 @@ def run_train(args: argparse.Namespace) -> int:
         sets = {"plain": plain}
         if cfg.domain.texts == "enriched":
             sets["enriched"] = _class_texts(cfg, manifests["test"].class_names, encoder, enriched=True)
-        _report(_zero_shot(teacher, manifests["test"], sets, device), folder, "test")
+        _report(zero_shot_eval(teacher, manifests["test"], sets, device), folder, "test")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from vlmkd.teachers.domain import load_domain_teacher
+    from vlmkd.teachers.domain import load_domain_teacher, zero_shot_eval
 
     cfg, manifests, encoder = _setup(args, args.split)
     device = _device(cfg, None)
@@ -141,5 +123,5 @@ def run_eval(args: argparse.Namespace) -> int:
     sets = {"plain": _class_texts(cfg, names, encoder, enriched=False)}
     if cfg.classtext.sentences_file or cfg.classtext.sentences_backend:
         sets["enriched"] = _class_texts(cfg, names, encoder, enriched=True)
-    _report(_zero_shot(teacher, manifests[args.split], sets, device), Path(args.teacher_dir), args.split)
+    _report(zero_shot_eval(teacher, manifests[args.split], sets, device), Path(args.teacher_dir), args.split)
     return 0

@@ -158,23 +158,18 @@ class Demo:
 
     def evaluate_teacher(self) -> dict[str, Any]:
         """Zero-shot accuracy of the domain teacher on the test set with plain vs enriched class texts."""
-        from vlmkd.eval.metrics import classification_metrics
-        from vlmkd.teachers.domain import class_embeddings, image_embeddings
+        from vlmkd.teachers.domain import zero_shot_eval
 
         test = self.manifests["test"]
-        feats = image_embeddings(self.teacher, test, self.device)  # once; each text set is a matrix product
-
-        def score(texts: list[list[str]], classes: list[int]) -> dict[str, Any]:
-            keep = np.isin(test.labels, classes)
-            lut = {c: i for i, c in enumerate(classes)}
-            w = class_embeddings(self.teacher, [texts[c] for c in classes])
-            pred = (feats[torch.from_numpy(keep)] @ w.T).argmax(1).numpy()
-            labels = np.array([lut[int(y)] for y in test.labels[keep]])
-            return classification_metrics(pred, labels, len(classes))
-
-        every = list(range(test.num_classes))
-        out = {k: score(v, every) for k, v in self.texts.items()}
-        out["novel_enriched"] = score(self.texts["enriched"], list(self.s.novel_classes))
+        out = zero_shot_eval(self.teacher, test, self.texts, self.device)
+        novel = zero_shot_eval(
+            self.teacher,
+            test,
+            {"enriched": self.texts["enriched"]},
+            self.device,
+            classes=list(self.s.novel_classes),
+        )
+        out["novel_enriched"] = novel["enriched"]
         return out
 
     # ---------------------------------------------------------------------------------------------- students

@@ -200,6 +200,7 @@ class Trainer:
             if not ckpt.is_file():
                 raise ConfigError(f"--resume: no checkpoint at {ckpt}; start without --resume")
             self.load(ckpt)
+        self.logger.rewind(self.global_step)  # a restart or resume rewrites what came after; no duplicates
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")

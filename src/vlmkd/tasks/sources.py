@@ -28,12 +28,13 @@ def load_image_text(cfg: Config, manifest: Manifest) -> np.ndarray:
         from vlmkd.text.encoders import build_text_encoder
 
         enc = build_text_encoder(cfg.embed.encoder, cfg.embed.model, cfg.embed.revision, cfg.embed.device)
-        templates = enc.encode(
-            [t.replace("{name}", c) for c in manifest.class_names for t in cfg.classtext.templates]
-        )
-        per_class = _normalise(
-            templates.reshape(manifest.num_classes, len(cfg.classtext.templates), -1).mean(1)
-        )
+        from dataclasses import replace
+
+        from vlmkd.text.classtext import class_texts
+
+        texts = class_texts(manifest.class_names, replace(cfg.classtext, enriched=False))
+        emb = enc.encode([t for ts in texts for t in ts])  # the same templates as `vlmkd classtext`
+        per_class = _normalise(emb.reshape(manifest.num_classes, len(texts[0]), -1).mean(1))
         return per_class[manifest.labels].astype(np.float16)
     if cfg.text.source != "descriptions":
         raise ConfigError(f"text.source must be descriptions or class_templates, got {cfg.text.source!r}")

@@ -138,26 +138,38 @@ def _masked_nce(
 def zero_shot_eval(
     teacher: DomainTeacher,
     manifest: Manifest,
-    class_texts: list[list[str]],
+    text_sets: dict[str, list[list[str]]],
     device: str | torch.device = "cpu",
+    classes: list[int] | None = None,
     batch_size: int = 1000,
-) -> dict[str, float]:
-    """Zero-shot accuracy with class embeddings = mean of each class's normalised text embeddings."""
+) -> dict[str, dict[str, Any]]:
+    """Zero-shot accuracy for each named set of class texts (e.g. plain vs enriched), the images embedded once.
+
+    `classes`: score only the images of these classes, among these classes' texts (e.g. the novel classes)."""
     from vlmkd.eval.metrics import classification_metrics
 
-    W = class_embeddings(teacher, class_texts).to(device)
-    feats = image_embeddings(teacher, manifest, device, batch_size)
-    preds = (feats @ W.T).argmax(1).cpu().numpy()
-    m = classification_metrics(preds, manifest.labels, manifest.num_classes)
-    return {"overall": m["overall"], "mean_per_class": m["mean_per_class"], "per_class": m["per_class"]}
+    classes = list(range(manifest.num_classes)) if classes is None else list(classes)
+    keep = np.isin(manifest.labels, classes)
+    feats = image_embeddings(teacher, manifest, device, batch_size)[torch.from_numpy(keep)]
+    lut = {c: i for i, c in enumerate(classes)}
+    labels = np.array([lut[int(y)] for y in manifest.labels[keep]])
+    out = {}
+    for kind, texts in text_sets.items():
+        pred = (feats @ class_embeddings(teacher, [texts[c] for c in classes]).T).argmax(1).numpy()
+        m = classification_metrics(pred, labels, len(classes))
+        out[kind] = {
+            "overall": m["overall"],
+            "mean_per_class": m["mean_per_class"],
+            "per_class": m["per_class"],
+        }
+    return out
 
 
 def class_embeddings(teacher: Any, class_texts: list[list[str]]) -> torch.Tensor:
-    rows = []
-    for texts in class_texts:
-        e = F.normalize(teacher.encode_text(texts).float(), dim=-1).mean(0)
-        rows.append(F.normalize(e, dim=-1))
-    return torch.stack(rows)
+    """C x D normalised class embeddings (each class's normalised text embeddings averaged)."""
+    from vlmkd.teachers.features import class_text_features
+
+    return class_text_features(teacher, class_texts)
 
 
 @torch.no_grad()

@@ -50,6 +50,20 @@ class MetricsLogger:
             except ImportError:
                 log.warning("wandb is not installed; logging to metrics.jsonl only")
 
+    def rewind(self, step: int) -> None:
+        """Forget records after optimizer step `step` (0: all): a resumed run writes them again from its
+        checkpoint, and a restarted run writes everything again, so nothing appears twice."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [
+            line
+            for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and step and json.loads(line).get("step", 0) <= step
+        ]
+        from vlmkd.utils.io import atomic_write
+
+        atomic_write(self.path, lambda p: p.write_text("".join(x + "\n" for x in kept), encoding="utf-8"))
+
     def log(self, record: dict[str, Any], step: int | None = None) -> None:
         if not self.enabled:
             return
