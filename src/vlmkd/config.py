@@ -30,6 +30,7 @@ class LongTailConfig:
     profile: str = "exp"  # exp: n_i = n_max * IF^(-i/(C-1)); step: half the classes get n_max/IF
     n_max: int | None = None  # None: the largest count available after the pool is taken out
     pool_per_class: int = 0  # images per class moved to a disjoint, balanced "pretraining pool"
+    val_per_class: int = 0  # balanced validation split from images neither the student set nor the pool uses
     class_order: str = "index"  # index | shuffled (which classes become the head)
     seed: int = 0
 
@@ -151,7 +152,8 @@ class VisionTeacherConfig:
     checkpoint: str | None = None  # weights for a timm teacher
     cache_dir: str = "artifacts/teacher_logits"
     # name "clip": the `clip` teacher as a zero-shot classifier over the class texts; its logits are
-    # cos(image, class text) / zero_shot_temperature (CLIP's own scale is 1/0.01)
+    # cos(image, class text) / zero_shot_temperature (CLIP's own scale is 1/0.01). mode live runs it on the
+    # student's augmented batch (consistent teaching); cached uses the `clip.view` features of `vlmkd teach`
     zero_shot_temperature: float = 0.01
 
 

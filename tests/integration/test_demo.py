@@ -13,6 +13,7 @@ from vlmkd.demo.run import DemoSettings, run_demo
 TINY = DemoSettings(
     pool_per_class=60,
     lt_n_max=120,
+    val_per_class=10,
     teacher_epochs=1,
     student_epochs=1,
     ood_per_class=30,

@@ -301,3 +301,58 @@ def test_open_clip_teacher_through_teach_train_and_eval(tmp_path, tiny, capsys):
     assert main(["eval", str(run), "--teacher"]) == 0
     out = capsys.readouterr().out
     assert "id: overall=" in out and "ood_test: overall=" in out
+
+
+def test_zero_shot_kd_from_clip_teacher_live_matches_cached(tmp_path, tiny):
+    """teacher.name=clip: KD logits from the cached clean features equal the live classifier on the same view."""
+    import torch
+
+    from vlmkd.data.dataset import ManifestDataset, collate_skip
+    from vlmkd.data.transforms import build_transform
+    from vlmkd.tasks.build import build_task
+
+    cache = tmp_path / "cache"
+    ct_cfg = write_config(
+        tmp_path / "ct.yaml",
+        tiny,
+        cache,
+        classtext={"output": str(tmp_path / "ct")},
+        embed={"encoder": "hf_clip", "model": str(tiny["clip"]), "device": "cpu"},
+    )
+    assert main(["classtext", str(ct_cfg)]) == 0
+    losses = {}
+    for mode in ("live", "cached"):
+        cfg_path = write_config(
+            tmp_path / f"{mode}.yaml",
+            tiny,
+            cache,
+            data={
+                "image_size": 32,
+                "augment": "none",
+                "mean": [0.48145466, 0.4578275, 0.40821073],
+                "std": [0.26862954, 0.26130258, 0.27577711],
+            },
+            model={"name": "cnn_tiny"},
+            losses={
+                "cls": {"name": "balanced_softmax"},
+                "kd": {"name": "kd", "weight": 1.0, "args": {"temperature": 2.0, "logit_adjust": True}},
+            },
+            teacher={"name": "clip", "mode": mode, "zero_shot_temperature": 0.05},
+            text={"class_embeddings": str(next((tmp_path / "ct").glob("*/embeddings")))},
+        )
+        cfg = load_config(cfg_path)
+        ms = build_manifests(cfg.data)
+        torch.manual_seed(0)
+        task, extras, _ = build_task(cfg, ms, torch.device("cpu"))
+        assert ("teacher_logits" in extras) == (mode == "cached")
+        assert not any(n.startswith("vision_teacher") for n in task.state_dict())  # never checkpointed
+        ds = ManifestDataset(ms["train"], build_transform(cfg.data, train=True), extras)
+        batch = collate_skip([ds[i] for i in range(8)])
+        task.train()
+        losses[mode] = {k: float(v.detach()) for k, v in task(batch).items() if k.startswith("loss")}
+    assert losses["live"]["loss/kd"] > 0
+    for k in losses["live"]:
+        assert losses["cached"][k] == pytest.approx(losses["live"][k], rel=1e-2, abs=1e-4)
+    cfg.teacher.mode = "consistent"  # the view names belong to clip.view; teacher.mode is live | cached
+    with pytest.raises(ConfigError, match="teacher.mode must be live or cached"):
+        build_task(cfg, ms, torch.device("cpu"))

@@ -31,12 +31,30 @@ def test_image_folder_and_longtail(image_folder):
     ms = build_manifests(DataConfig(format="image_folder", root=str(image_folder)))
     assert ms["train"].class_names == ["cat", "dog", "owl"]
     assert ms["train"].class_counts().tolist() == [6, 4, 2] and len(ms["test"]) == 9
-    lt, pool = make_longtail(
-        ms["train"], LongTailConfig(imbalance_factor=2, n_max=3, pool_per_class=1, seed=1)
-    )
-    assert pool.class_counts().tolist() == [1, 1, 1]
+    cfg = LongTailConfig(imbalance_factor=2, n_max=3, pool_per_class=1, seed=1)
+    out = make_longtail(ms["train"], cfg)
+    lt, pool = out["train"], out["pool"]
+    assert pool.class_counts().tolist() == [1, 1, 1] and "val" not in out
     assert lt.class_counts().tolist() == [3, 2, 1]  # floor(3 * 2^(-i/2)) = 3, 2.12, 1.5
     assert not set(lt.ids) & set(pool.ids)  # the pool is disjoint
+    # a balanced validation split from the leftovers: disjoint, and the student set is unchanged by it
+    no_val = make_longtail(ms["train"], LongTailConfig(imbalance_factor=1, n_max=1, seed=1))
+    cfg = LongTailConfig(imbalance_factor=1, n_max=1, val_per_class=1, seed=1)
+    with_val = make_longtail(ms["train"], cfg)
+    assert with_val["val"].class_counts().tolist() == [1, 1, 1]
+    assert with_val["train"].ids == no_val["train"].ids
+    assert not set(with_val["val"].ids) & set(with_val["train"].ids)
+    cfg.val_per_class = 2  # owl has 2 images: the error names the class and the field
+    with pytest.raises(DataError, match="owl.*val_per_class=2; lower it"):
+        make_longtail(ms["train"], cfg)
+    cfg.val_per_class, cfg.n_max = 1, 2
+    with pytest.raises(DataError, match="lower data.longtail.n_max"):
+        make_longtail(ms["train"], cfg)  # owl: 2 - 1 for val leaves 1 < the 2 asked for
+    cfg.n_max = 1
+    with pytest.raises(ConfigError, match="not both"):
+        build_manifests(
+            DataConfig(format="image_folder", root=str(image_folder), val_fraction=0.2, longtail=cfg)
+        )
 
 
 def _write_list(root, lines):

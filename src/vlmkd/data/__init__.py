@@ -23,10 +23,13 @@ def build_manifests(cfg: DataConfig) -> dict[str, Manifest]:
     full_train = splits["train"]
     if len(full_train) == 0:
         raise DataError(f"the {cfg.format} training split under {cfg.root!r} has no images; check data.root")
-    train, pool = make_longtail(full_train, cfg.longtail)
-    out = {"train": train, **{k: v for k, v in splits.items() if k != "train"}}
-    if pool is not None:
-        out["pool"] = pool
+    if "val" in splits and cfg.longtail.val_per_class:
+        raise ConfigError(
+            f"the {cfg.format} dataset has its own validation split; leave data.longtail.val_per_class at 0"
+        )
+    if cfg.longtail.val_per_class and cfg.val_fraction:
+        raise ConfigError("set data.longtail.val_per_class or data.val_fraction, not both")
+    out = {**{k: v for k, v in splits.items() if k != "train"}, **make_longtail(full_train, cfg.longtail)}
     if "val" not in out and cfg.val_fraction > 0:
         out["train"], out["val"] = stratified_holdout(
             out["train"], cfg.val_fraction, cfg.longtail.seed, "val"

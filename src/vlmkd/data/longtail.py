@@ -35,21 +35,28 @@ def _per_class_indices(labels: np.ndarray, num_classes: int, rng: np.random.Gene
     return [rng.permutation(np.nonzero(labels == c)[0]) for c in range(num_classes)]
 
 
-def make_longtail(manifest: Manifest, cfg: LongTailConfig) -> tuple[Manifest, Manifest | None]:
-    """(long-tailed student set, disjoint balanced pool or None). Seeded; the pool is taken out first."""
+def make_longtail(manifest: Manifest, cfg: LongTailConfig) -> dict[str, Manifest]:
+    """{"train": long-tailed student set, "pool": disjoint balanced pool, "val": balanced validation split}.
+
+    Seeded. The validation split is balanced, as ImageNet-LT's, and comes from the back of each class's
+    shuffled images, so asking for one does not change which images the student set or the pool get.
+    """
     rng = np.random.default_rng(cfg.seed)
     C = manifest.num_classes
     per_class = _per_class_indices(manifest.labels, C, rng)
-    pool_idx = None
-    if cfg.pool_per_class > 0:
-        short = [c for c in range(C) if len(per_class[c]) <= cfg.pool_per_class]
+    taken: dict[str, np.ndarray] = {}
+    # the pool from the front of each class's shuffled images, the validation split from the back
+    for key, size, front in (("pool", cfg.pool_per_class, True), ("val", cfg.val_per_class, False)):
+        if size <= 0:
+            continue
+        short = [c for c in range(C) if len(per_class[c]) <= size]
         if short:
             raise DataError(
-                f"class {manifest.class_names[short[0]]!r} has too few images for a pool of "
-                f"{cfg.pool_per_class}; lower data.longtail.pool_per_class"
+                f"class {manifest.class_names[short[0]]!r} has {len(per_class[short[0]])} images left, too few "
+                f"for data.longtail.{key}_per_class={size}; lower it"
             )
-        pool_idx = np.sort(np.concatenate([p[: cfg.pool_per_class] for p in per_class]))
-        per_class = [p[cfg.pool_per_class :] for p in per_class]
+        taken[key] = np.sort(np.concatenate([p[:size] if front else p[-size:] for p in per_class]))
+        per_class = [p[size:] if front else p[:-size] for p in per_class]
     if cfg.imbalance_factor == 1 and cfg.n_max is None:
         keep = np.sort(np.concatenate(per_class))
     else:
@@ -70,9 +77,7 @@ def make_longtail(manifest: Manifest, cfg: LongTailConfig) -> tuple[Manifest, Ma
                 "lower data.longtail.n_max"
             )
         keep = np.sort(np.concatenate([per_class[c][: counts[c]] for c in range(C)]))
-    student = manifest.subset(keep, "train")
-    pool = manifest.subset(pool_idx, "pool") if pool_idx is not None else None
-    return student, pool
+    return {"train": manifest.subset(keep, "train"), **{k: manifest.subset(v, k) for k, v in taken.items()}}
 
 
 def stratified_holdout(

@@ -8,9 +8,10 @@ from __future__ import annotations
 # the student back towards the head classes: `losses.kd.args={temperature: 2.0}` gives the plain form).
 KD = [
     "losses.kd.name=kd",
-    "losses.kd.weight=2.0",
+    "losses.kd.weight=4.0",
     "losses.kd.args={temperature: 2.0, logit_adjust: true}",
     "teacher.name=clip",
+    "teacher.mode=cached",  # logits of the cached clean view; live runs the teacher on every augmented batch
 ]
 TEXT = ["losses.text.name=text_nce", "losses.text.weight=2.0", "model.head=both"]
 BSM = ["losses.cls.name=balanced_softmax"]

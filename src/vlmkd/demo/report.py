@@ -27,11 +27,16 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
             f"Many > {summary['buckets']['many_threshold']} > Medium >= {summary['buckets']['few_threshold']} "
             f"> Few training images; tail = the 3 rarest classes ({', '.join(names)}).",
             "",
-            "| method | " + " | ".join(LT_COLS) + " |",
-            "|---" * (len(LT_COLS) + 1) + "|",
+            "The val columns are the balanced validation split the demo's settings were chosen on.",
+            "",
+            "| method | " + " | ".join(LT_COLS) + " | val overall | val tail |",
+            "|---" * (len(LT_COLS) + 3) + "|",
         ]
         for m, r in summary["methods"].items():
-            lines.append(f"| {m} | " + " | ".join(_p(r[c], r["std"].get(c)) for c in LT_COLS) + " |")
+            val = r.get("val") or {}
+            cells = [_p(r[c], r["std"].get(c)) for c in LT_COLS]
+            cells += [_p(val.get(c), (val.get("std") or {}).get(c)) for c in ("overall", "tail")]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if summary["ood"]:
         lines += [
             "",

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from vlmkd.config import Config
 from vlmkd.data.manifest import Manifest
@@ -138,9 +139,14 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
 
     vision_teacher = None
     if "teacher_logits" in needed and cfg.teacher.name == "clip":
-        from vlmkd.tasks.sources import zero_shot_teacher_logits
+        if cfg.teacher.mode == "cached":  # the clip.view features, cached by `vlmkd teach`
+            from vlmkd.tasks.sources import zero_shot_teacher_logits
 
-        extras["teacher_logits"] = zero_shot_teacher_logits(cfg, manifests, device)
+            extras["teacher_logits"] = zero_shot_teacher_logits(cfg, manifests, device)
+        elif cfg.teacher.mode == "live":  # consistent teaching: the teacher classifies the student's own crop
+            vision_teacher = _live_zero_shot_teacher(cfg, manifests, device)
+        else:
+            raise ConfigError(f"teacher.mode must be live or cached, got {cfg.teacher.mode!r}")
     elif "teacher_logits" in needed:
         from vlmkd.teachers.vision import cached_teacher_logits, load_vision_teacher
 
@@ -164,6 +170,29 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
         teacher_view=teacher_view,
     )
     return task, extras, eval_spec
+
+
+def _live_zero_shot_teacher(cfg: Config, manifests: dict[str, Manifest], device: torch.device) -> nn.Module:
+    from vlmkd.data.transforms import preprocess_config
+    from vlmkd.tasks.sources import load_class_text
+    from vlmkd.teachers.clip import load_clip_teacher
+    from vlmkd.teachers.view import TeacherView
+    from vlmkd.teachers.zero_shot import ZeroShotClassifier
+
+    if not cfg.clip.name:
+        raise ConfigError("teacher.name=clip needs clip.name (the CLIP teacher that classifies zero-shot)")
+    teacher = load_clip_teacher(cfg.clip.name, cfg.clip.revision, device=str(device))
+    class_text, _ = load_class_text(cfg, manifests)
+    if class_text.shape[1] != int(teacher.embed_dim):
+        raise ConfigError(
+            f"the teacher's image features ({teacher.embed_dim}-d) and the class texts ({class_text.shape[1]}-d) "
+            "are in different spaces; embed the class texts with the teacher's text encoder"
+        )
+    view = TeacherView(preprocess_config(cfg.data), teacher.preprocess_config())
+    classifier = ZeroShotClassifier(
+        teacher, view, torch.as_tensor(class_text), cfg.teacher.zero_shot_temperature
+    )
+    return classifier.to(device)
 
 
 def _temperature(terms: list[LossSpec]) -> float:
