@@ -54,6 +54,19 @@ def write_config(path: Path, tiny: dict, cache: Path, **sections) -> Path:
     return path
 
 
+def hf_class_texts(tmp_path: Path, tiny: dict, cache: Path, **classtext) -> Path:
+    """`vlmkd classtext` for all classes, embedded by the tiny HF CLIP's own text tower; the embeddings folder."""
+    ct_cfg = write_config(
+        tmp_path / "ct.yaml",
+        tiny,
+        cache,
+        classtext={"output": str(tmp_path / "ct"), **classtext},
+        embed={"encoder": "hf_clip", "model": str(tiny["clip"]), "device": "cpu"},
+    )
+    assert main(["classtext", str(ct_cfg)]) == 0
+    return next((tmp_path / "ct").glob("*/embeddings"))
+
+
 class Counting:
     """Wraps a teacher: counts the images sent through encode_image, optionally fails after `fail_after` calls."""
 
@@ -157,15 +170,7 @@ def test_augmented_views_deterministic(tmp_path, tiny, teacher):
 
 def test_ood_training_on_cached_features_and_teacher_eval(tmp_path, tiny, capsys):
     cache = tmp_path / "cache"
-    ct_cfg = write_config(
-        tmp_path / "ct.yaml",
-        tiny,
-        cache,
-        classtext={"output": str(tmp_path / "ct"), "templates": ["a photo of a {name}.", "a {name}"]},
-        embed={"encoder": "hf_clip", "model": str(tiny["clip"]), "device": "cpu"},
-    )
-    assert main(["classtext", str(ct_cfg)]) == 0  # all classes, embedded by the teacher's own text tower
-    classtext = next((tmp_path / "ct").glob("*/embeddings"))
+    classtext = hf_class_texts(tmp_path, tiny, cache, templates=["a photo of a {name}.", "a {name}"])
     cfg_path = write_config(
         tmp_path / "ood.yaml",
         tiny,
@@ -225,14 +230,7 @@ def test_ood_training_on_cached_features_and_teacher_eval(tmp_path, tiny, capsys
 def test_ood_training_with_augmented_and_consistent_views(tmp_path, tiny, view):
     """K cached augmented views (one sampled per step) and the live teacher on the student's own crop."""
     cache = tmp_path / "cache"
-    ct_cfg = write_config(
-        tmp_path / "ct.yaml",
-        tiny,
-        cache,
-        classtext={"output": str(tmp_path / "ct")},
-        embed={"encoder": "hf_clip", "model": str(tiny["clip"]), "device": "cpu"},
-    )
-    assert main(["classtext", str(ct_cfg)]) == 0
+    classtext = hf_class_texts(tmp_path, tiny, cache)
     cfg_path = write_config(
         tmp_path / "ood.yaml",
         tiny,
@@ -240,7 +238,7 @@ def test_ood_training_with_augmented_and_consistent_views(tmp_path, tiny, view):
         clip={"view": view, "num_views": 2},
         model={"name": "cnn_tiny", "head": "embedding"},
         losses={"cls": {"name": "vl_cls"}, "mse": {"name": "mse", "weight": 1.0}},
-        text={"class_embeddings": str(next((tmp_path / "ct").glob("*/embeddings")))},
+        text={"class_embeddings": str(classtext)},
         train={
             "epochs": 1,
             "max_steps": 2,
@@ -312,14 +310,7 @@ def test_zero_shot_kd_from_clip_teacher_live_matches_cached(tmp_path, tiny):
     from vlmkd.tasks.build import build_task
 
     cache = tmp_path / "cache"
-    ct_cfg = write_config(
-        tmp_path / "ct.yaml",
-        tiny,
-        cache,
-        classtext={"output": str(tmp_path / "ct")},
-        embed={"encoder": "hf_clip", "model": str(tiny["clip"]), "device": "cpu"},
-    )
-    assert main(["classtext", str(ct_cfg)]) == 0
+    classtext = hf_class_texts(tmp_path, tiny, cache)
     losses = {}
     for mode in ("live", "cached"):
         cfg_path = write_config(
@@ -338,7 +329,7 @@ def test_zero_shot_kd_from_clip_teacher_live_matches_cached(tmp_path, tiny):
                 "kd": {"name": "kd", "weight": 1.0, "args": {"temperature": 2.0, "logit_adjust": True}},
             },
             teacher={"name": "clip", "mode": mode, "zero_shot_temperature": 0.05},
-            text={"class_embeddings": str(next((tmp_path / "ct").glob("*/embeddings")))},
+            text={"class_embeddings": str(classtext)},
         )
         cfg = load_config(cfg_path)
         ms = build_manifests(cfg.data)
