@@ -66,6 +66,9 @@ class DataConfig:
     mean: list[float] | None = None  # None: the format's own statistics
     std: list[float] | None = None
     augment: str = "basic"  # none | basic | randaugment
+    # shorter: resize the shorter side, then crop (torchvision's convention); squash: resize every image to
+    # R x R first, aspect ratio not kept (the OOD paper's code, R = 256 for 224 crops). R = image_size / 0.875
+    resize_mode: str = "shorter"
     sampler: str = "instance"  # instance | class_balanced | sqrt
     batch_size: int = 128
     eval_batch_size: int = 512
@@ -253,6 +256,8 @@ class ClipTeacherConfig:
     num_views: int = 1
     batch_size: int = 128
     cache_dir: str = "artifacts/teacher_features"
+    # squash every image to N x N before the teacher's own preprocessing (the OOD paper's code: 256); in the key
+    pre_resize: int | None = None
 
 
 @dataclass

@@ -55,6 +55,12 @@ class Predictor:
         return e @ self.class_text.T / self.temperature
 
 
+def resize_arg(pre: dict[str, Any]) -> int | tuple[int, int]:
+    """torchvision's Resize size: the shorter side, or (R, R) when the student was trained on squashed images."""
+    r = int(pre.get("resize", pre["image_size"]))
+    return (r, r) if pre.get("resize_mode") == "squash" else r
+
+
 def build_transform(pre: dict[str, Any]):
     """PIL image -> C x H x W float32 array, the student's evaluation transform."""
     from torchvision import transforms as T
@@ -67,7 +73,7 @@ def build_transform(pre: dict[str, Any]):
     size = int(pre["image_size"])
     ops = T.Compose(
         [
-            T.Resize(int(pre.get("resize", size)), interpolation=interp),
+            T.Resize(resize_arg(pre), interpolation=interp),
             T.CenterCrop(size),
             T.ToTensor(),
             T.Normalize(pre["mean"], pre["std"]),

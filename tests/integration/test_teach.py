@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import make_image_folder
@@ -145,8 +146,9 @@ def test_key_changes_with_teacher_revision_view_and_manifest(tmp_path, tiny, tea
         cache_folder(teacher, ms["test"], clip),
         cache_folder(teacher, ms["train"].subset(range(23)), clip),
         cache_folder(teacher, ms["train"], dataclasses.replace(clip, view="augmented_k", num_views=2)),
+        cache_folder(teacher, ms["train"], dataclasses.replace(clip, pre_resize=256)),
     }
-    assert len(folders) == 6
+    assert len(folders) == 7
     assert cache_folder(teacher, ms["train"], dataclasses.replace(clip, num_views=5, batch_size=7)) == base
     with pytest.raises(ConfigError, match="runs the teacher live"):
         teacher_features(teacher, ms["train"], dataclasses.replace(clip, view="consistent"))
@@ -303,8 +305,6 @@ def test_open_clip_teacher_through_teach_train_and_eval(tmp_path, tiny, capsys):
 
 def test_zero_shot_kd_from_clip_teacher_live_matches_cached(tmp_path, tiny):
     """teacher.name=clip: KD logits from the cached clean features equal the live classifier on the same view."""
-    import torch
-
     from vlmkd.data.dataset import ManifestDataset, collate_skip
     from vlmkd.data.transforms import build_transform
     from vlmkd.tasks.build import build_task
@@ -347,3 +347,28 @@ def test_zero_shot_kd_from_clip_teacher_live_matches_cached(tmp_path, tiny):
     cfg.teacher.mode = "consistent"  # the view names belong to clip.view; teacher.mode is live | cached
     with pytest.raises(ConfigError, match="teacher.mode must be live or cached"):
         build_task(cfg, ms, torch.device("cpu"))
+
+
+def test_squash_before_the_teachers_preprocessing(tmp_path, tiny, teacher):
+    """clip.pre_resize=N (the OOD paper's 256): each image is squashed to N x N, then the teacher's own transform."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from vlmkd.data.images import open_image
+
+    root = tmp_path / "wide"
+    for c in CLASSES:
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(2):  # non-square: squashing and the teacher's shorter-side resize disagree
+            arr = np.random.default_rng(i + 7 * len(c)).integers(0, 255, (20, 48, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / "train" / c / f"{i}.png")
+    cfg = load_config(None, [f"data.root={root}", "data.format=image_folder", "data.in_chans=3"])
+    m = build_manifests(cfg.data)["train"]
+    clip = ClipTeacherConfig(name=f"hf:{tiny['clip']}", cache_dir=str(tmp_path / "c"), pre_resize=64)
+    feats = np.asarray(teacher_features(teacher, m, clip), dtype=np.float32)
+    pixels = torch.stack([teacher.preprocess(T.Resize((64, 64))(open_image(m, i))) for i in range(len(m))])
+    np.testing.assert_allclose(feats, teacher.encode_image(pixels).float().numpy(), rtol=1e-2, atol=2e-3)
+    plain = np.asarray(
+        teacher_features(teacher, m, dataclasses.replace(clip, pre_resize=None)), dtype=np.float32
+    )
+    assert not np.allclose(plain, feats, atol=1e-2)

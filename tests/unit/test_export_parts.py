@@ -1,15 +1,18 @@
 """Export building blocks without a full export: class store, preprocessing equality, image collection, output."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vlmkd.config import DataConfig
 from vlmkd.data.transforms import build_transform as train_build_transform
 from vlmkd.data.transforms import preprocess_config
 from vlmkd.errors import ConfigError, DataError
+from vlmkd.export import preprocess_record
 from vlmkd.export.card import model_card
 from vlmkd.export.classes import (
     add_classes,
@@ -79,9 +82,19 @@ def test_embed_classes_averages_several_texts():
     assert np.allclose(np.linalg.norm(e, axis=1), 1)
 
 
-@pytest.mark.parametrize("in_chans,size,mode", [(1, 28, "RGB"), (3, 32, "L"), (3, 96, "RGBA"), (1, 96, "P")])
-def test_predict_preprocessing_equals_eval_transform(in_chans, size, mode):
-    cfg = DataConfig(format="image_folder", image_size=size, in_chans=in_chans)
+@pytest.mark.parametrize(
+    "in_chans,size,mode,resize_mode",
+    [
+        (1, 28, "RGB", "shorter"),
+        (3, 32, "L", "shorter"),
+        (3, 96, "RGBA", "shorter"),
+        (1, 96, "P", "shorter"),
+        (3, 96, "RGB", "squash"),
+        (1, 28, "RGB", "squash"),
+    ],
+)
+def test_predict_preprocessing_equals_eval_transform(in_chans, size, mode, resize_mode):
+    cfg = DataConfig(format="image_folder", image_size=size, in_chans=in_chans, resize_mode=resize_mode)
     rng = np.random.default_rng(0)
     im = Image.fromarray(rng.integers(0, 255, (77, 61, 3), dtype=np.uint8)).convert(mode)
     ref = train_build_transform(cfg, train=False)(
@@ -193,3 +206,24 @@ def test_model_card_says_not_measured():
         "imbalance 10.0",
     ):
         assert s in card, s
+
+
+def test_squash_resize_keeps_the_whole_image():
+    """data.resize_mode=squash (the OOD paper): R x R first, aspect ratio lost, then the center crop."""
+    from torchvision import transforms as T
+
+    cfg = DataConfig(format="image_folder", image_size=96, in_chans=3, resize_mode="squash")
+    im = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 150, 3), dtype=np.uint8))
+    got = train_build_transform(cfg, train=False)(im)
+    r = round(96 / 0.875)
+    ref = T.Compose([T.Resize((r, r)), T.CenterCrop(96), T.ToTensor()])(im)
+    mean, std = preprocess_config(cfg)["mean"], preprocess_config(cfg)["std"]
+    np.testing.assert_allclose(got.numpy(), T.Normalize(mean, std)(ref).numpy(), atol=1e-6)
+    shorter = train_build_transform(dataclasses.replace(cfg, resize_mode="shorter"), train=False)(im)
+    assert not torch.allclose(got, shorter)
+    assert train_build_transform(cfg, train=True)(im).shape == (3, 96, 96)
+    assert "aspect ratio not kept" in " ".join(
+        preprocess_record({"preprocess": preprocess_config(cfg)})["steps"]
+    )
+    with pytest.raises(ConfigError, match="resize_mode 'stretch'; choose shorter or squash"):
+        train_build_transform(dataclasses.replace(cfg, resize_mode="stretch"), train=False)

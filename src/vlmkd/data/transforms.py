@@ -44,6 +44,7 @@ def preprocess_config(cfg: DataConfig) -> dict:
         "mean": mean,
         "std": std,
         "resize": _eval_resize(cfg),
+        "resize_mode": cfg.resize_mode,
         "interpolation": "bilinear",
         "crop": "center",
     }
@@ -101,10 +102,17 @@ def build_transform(cfg: DataConfig, train: bool):
     return pipeline
 
 
+RESIZE_MODES = ("shorter", "squash")
+
+
 def _pil_transform(cfg: DataConfig, train: bool) -> T.Compose:
     mean, std = norm_stats(cfg)
     s = cfg.image_size
     ops = _channels(cfg)
+    if cfg.resize_mode not in RESIZE_MODES:
+        raise ConfigError(f"unknown data.resize_mode {cfg.resize_mode!r}; choose shorter or squash")
+    if cfg.resize_mode == "squash":  # every image to R x R first; crops then come from the squashed image
+        ops.append(T.Resize((_eval_resize(cfg), _eval_resize(cfg))))
     if train and cfg.augment != "none":
         if s <= 64:  # small images (MNIST/CIFAR scale): pad-and-crop, the standard recipe
             ops += [

@@ -94,6 +94,12 @@ def preprocess_record(meta: dict[str, Any]) -> dict[str, Any]:
     pre.setdefault("resize", pre["image_size"])
     pre.setdefault("interpolation", "bilinear")
     pre.setdefault("crop", "center")
+    pre.setdefault("resize_mode", "shorter")
+    resize = (
+        f"resize to {pre['resize']}x{pre['resize']}, aspect ratio not kept"
+        if pre["resize_mode"] == "squash"
+        else f"resize shorter side to {pre['resize']}"
+    )
     pre.update(
         {
             "color": "L" if pre["in_chans"] == 1 else "RGB",
@@ -102,7 +108,7 @@ def preprocess_record(meta: dict[str, Any]) -> dict[str, Any]:
             "scale": "pixel / 255, then (x - mean) / std",
             "steps": [
                 "convert color",
-                f"resize shorter side to {pre['resize']} ({pre['interpolation']})",
+                f"{resize} ({pre['interpolation']})",
                 f"center crop {pre['image_size']}",
                 "to float in [0, 1]",
                 "normalise",

@@ -60,6 +60,8 @@ def feature_key(teacher: Any, manifest: Manifest, clip_cfg: Any) -> dict[str, An
     }
     if view == "augmented_k":
         key["augment"] = AUGMENT
+    if getattr(clip_cfg, "pre_resize", None):  # only when set: caches made without it keep their keys
+        key["pre_resize"] = {"size": int(clip_cfg.pre_resize), "mode": "squash", "interpolation": "bilinear"}
     return key
 
 
@@ -132,10 +134,20 @@ class TeacherViews(Dataset):
     when on_bad_image="skip" (its feature row stays zero)."""
 
     def __init__(
-        self, teacher: Any, manifest: Manifest, view: str, num_views: int = 1, on_bad_image: str = "error"
+        self,
+        teacher: Any,
+        manifest: Manifest,
+        view: str,
+        num_views: int = 1,
+        on_bad_image: str = "error",
+        pre_resize: int | None = None,
     ):
+        from torchvision import transforms as T
+
         self.teacher, self.manifest, self.view, self.k = teacher, manifest, view, num_views
         self.on_bad_image = on_bad_image
+        # the OOD paper's code squashes every image to 256 x 256 before CLIP's own resize and crop
+        self.squash = T.Resize((pre_resize, pre_resize)) if pre_resize else None
         self.augment = augment_transform(teacher.preprocess_config()) if view == "augmented_k" else None
 
     def __len__(self) -> int:
@@ -148,6 +160,8 @@ class TeacherViews(Dataset):
             if self.on_bad_image == "skip":
                 return None
             raise
+        if self.squash is not None:
+            image = self.squash(image)
         if self.augment is None:
             return {"pixels": self.teacher.preprocess(image), "index": i}
         # seeded per (sample, view): reruns, resumes and any worker count give identical views
@@ -277,7 +291,7 @@ def teacher_features(
     if todo:
         log.info("teacher features: %d/%d shards to compute -> %s", len(todo), n_shards, folder)
     on_bad = getattr(data_cfg, "on_bad_image", "error")
-    ds = TeacherViews(teacher, manifest, view, k, on_bad)
+    ds = TeacherViews(teacher, manifest, view, k, on_bad, getattr(clip_cfg, "pre_resize", None))
     loader_args = {
         "batch_size": max(1, int(clip_cfg.batch_size)),
         "num_workers": int(getattr(data_cfg, "num_workers", 0) or 0),
