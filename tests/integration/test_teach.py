@@ -55,6 +55,17 @@ def write_config(path: Path, tiny: dict, cache: Path, **sections) -> Path:
     return path
 
 
+def short_run(tmp_path: Path, steps: int) -> dict:
+    """The `train` section of a few logged steps."""
+    return {
+        "epochs": 1,
+        "max_steps": steps,
+        "output_dir": str(tmp_path / "runs"),
+        "tensorboard": False,
+        "log_every": 1,
+    }
+
+
 def hf_class_texts(tmp_path: Path, tiny: dict, cache: Path, **classtext) -> Path:
     """`vlmkd classtext` for all classes, embedded by the tiny HF CLIP's own text tower; the embeddings folder."""
     ct_cfg = write_config(
@@ -185,13 +196,7 @@ def test_ood_training_on_cached_features_and_teacher_eval(tmp_path, tiny, capsys
         },
         text={"class_embeddings": str(classtext)},
         optim={"name": "sgd", "lr": 0.05},
-        train={
-            "epochs": 1,
-            "max_steps": 3,
-            "output_dir": str(tmp_path / "runs"),
-            "tensorboard": False,
-            "log_every": 1,
-        },
+        train=short_run(tmp_path, 3),
         eval={"every": 1, "select_on": "id"},
     )
     assert main(["teach", str(cfg_path)]) == 0
@@ -241,13 +246,7 @@ def test_ood_training_with_augmented_and_consistent_views(tmp_path, tiny, view):
         model={"name": "cnn_tiny", "head": "embedding"},
         losses={"cls": {"name": "vl_cls"}, "mse": {"name": "mse", "weight": 1.0}},
         text={"class_embeddings": str(classtext)},
-        train={
-            "epochs": 1,
-            "max_steps": 2,
-            "output_dir": str(tmp_path / "runs"),
-            "tensorboard": False,
-            "log_every": 1,
-        },
+        train=short_run(tmp_path, 2),
     )
     run = tmp_path / "run"
     assert main(["train", str(cfg_path), "--run-dir", str(run)]) == 0
@@ -279,13 +278,7 @@ def test_open_clip_teacher_through_teach_train_and_eval(tmp_path, tiny, capsys):
             "im_cst": {"name": "im_cst", "weight": 1.0},
             "vlprox": {"name": "vlprox", "weight": 1.0, "args": {"k": 2}},
         },
-        train={
-            "epochs": 1,
-            "max_steps": 2,
-            "output_dir": str(tmp_path / "runs"),
-            "tensorboard": False,
-            "log_every": 1,
-        },
+        train=short_run(tmp_path, 2),
     )
     assert main(["classtext", str(cfg_path)]) == 0
     classtext = next((tmp_path / "ct").glob("*/embeddings"))
@@ -372,3 +365,7 @@ def test_squash_before_the_teachers_preprocessing(tmp_path, tiny, teacher):
         teacher_features(teacher, m, dataclasses.replace(clip, pre_resize=None)), dtype=np.float32
     )
     assert not np.allclose(plain, feats, atol=1e-2)
+    from vlmkd.tasks.sources import check_same_space
+
+    with pytest.raises(ConfigError, match=r"\(16-d\) and class texts \(384-d\) are in different spaces"):
+        check_same_space(16, 384)  # e.g. class texts embedded by MiniLM for a CLIP teacher

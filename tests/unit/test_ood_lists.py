@@ -175,33 +175,36 @@ def _rewrite(raw: dict, name: str, extra: str) -> None:
     p.write_text(p.read_text() + extra + "\n")
 
 
-def test_missing_file_and_escape(raw):
-    _rewrite(raw, "val_data.txt", f"val/{NOVEL[0]}/missing.jpg")
-    with pytest.raises(DataError, match=r"val_data.txt:13: file .*missing.jpg' does not exist under"):
-        build_manifests(_cfg(raw))
+BAD_LINES = {  # list, appended line, the error it must raise
+    "missing file": (
+        "val_data.txt",
+        f"val/{NOVEL[0]}/missing.jpg",
+        r"val_data.txt:13: file .*missing.jpg' does not exist under",
+    ),
+    "escape": ("train_data.txt", "train/../../../outside.jpg", "escapes the dataset root"),
+    "X_id class not in train": (
+        "val_on_train_data.txt",
+        f"val_on_train/{NOVEL[0]}/{_file(NOVEL[0], 6)}",
+        "is not a training class",
+    ),
+    "base/novel overlap": (
+        "val_data.txt",
+        f"val/{BASE[0]}/{_file(BASE[0], 6)}",
+        "base and novel classes must be disjoint",
+    ),
+    "X_train/X_id overlap": (
+        "val_on_train_data.txt",
+        f"val_on_train/{BASE[0]}/{_file(BASE[0], 0)}",
+        "X_train and X_id must be disjoint",
+    ),
+}
 
 
-def test_escape_is_refused(raw):
-    _rewrite(raw, "train_data.txt", "train/../../../outside.jpg")
-    with pytest.raises(DataError, match="escapes the dataset root"):
-        build_manifests(_cfg(raw))
-
-
-def test_id_class_not_in_train(raw):
-    _rewrite(raw, "val_on_train_data.txt", f"val_on_train/{NOVEL[0]}/{_file(NOVEL[0], 6)}")
-    with pytest.raises(DataError, match="is not a training class"):
-        build_manifests(_cfg(raw))
-
-
-def test_base_and_novel_overlap(raw):
-    _rewrite(raw, "val_data.txt", f"val/{BASE[0]}/{_file(BASE[0], 6)}")
-    with pytest.raises(DataError, match="base and novel classes must be disjoint"):
-        build_manifests(_cfg(raw))
-
-
-def test_train_and_id_overlap(raw):
-    _rewrite(raw, "val_on_train_data.txt", f"val_on_train/{BASE[0]}/{_file(BASE[0], 0)}")
-    with pytest.raises(DataError, match="X_train and X_id must be disjoint"):
+@pytest.mark.parametrize("case", list(BAD_LINES))
+def test_bad_list_line_is_refused(raw, case):
+    name, line, message = BAD_LINES[case]
+    _rewrite(raw, name, line)
+    with pytest.raises(DataError, match=message):
         build_manifests(_cfg(raw))
 
 

@@ -174,7 +174,7 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
 
 def _live_zero_shot_teacher(cfg: Config, manifests: dict[str, Manifest], device: torch.device) -> nn.Module:
     from vlmkd.data.transforms import preprocess_config
-    from vlmkd.tasks.sources import load_class_text
+    from vlmkd.tasks.sources import check_same_space, load_class_text
     from vlmkd.teachers.clip import load_clip_teacher
     from vlmkd.teachers.view import TeacherView
     from vlmkd.teachers.zero_shot import ZeroShotClassifier
@@ -183,11 +183,7 @@ def _live_zero_shot_teacher(cfg: Config, manifests: dict[str, Manifest], device:
         raise ConfigError("teacher.name=clip needs clip.name (the CLIP teacher that classifies zero-shot)")
     teacher = load_clip_teacher(cfg.clip.name, cfg.clip.revision, device=str(device))
     class_text, _ = load_class_text(cfg, manifests)
-    if class_text.shape[1] != int(teacher.embed_dim):
-        raise ConfigError(
-            f"the teacher's image features ({teacher.embed_dim}-d) and the class texts ({class_text.shape[1]}-d) "
-            "are in different spaces; embed the class texts with the teacher's text encoder"
-        )
+    check_same_space(int(teacher.embed_dim), class_text.shape[1])
     view = TeacherView(preprocess_config(cfg.data), teacher.preprocess_config())
     classifier = ZeroShotClassifier(
         teacher, view, torch.as_tensor(class_text), cfg.teacher.zero_shot_temperature

@@ -119,17 +119,22 @@ def load_teacher_features(cfg: Config, manifest: Manifest, device: torch.device)
     return teacher_features(teacher, manifest, cfg.clip, device=str(device))
 
 
+def check_same_space(image_dim: int, text_dim: int) -> None:
+    """A zero-shot teacher needs class texts embedded by its own text tower."""
+    if image_dim != text_dim:
+        raise ConfigError(
+            f"teacher image features ({image_dim}-d) and class texts ({text_dim}-d) are in different spaces; "
+            "embed the class texts with the teacher's text encoder"
+        )
+
+
 def zero_shot_teacher_logits(cfg: Config, manifests: dict[str, Manifest], device: torch.device) -> np.ndarray:
     """KD teacher logits of a CLIP-style teacher used as a zero-shot classifier over the class texts."""
     feats = np.asarray(load_teacher_features(cfg, manifests["train"], device), dtype=np.float32)
     if feats.ndim == 3:
         feats = feats.mean(1)
     class_text, _ = load_class_text(cfg, manifests)
-    if feats.shape[1] != class_text.shape[1]:
-        raise ConfigError(
-            f"teacher features ({feats.shape[1]}-d) and class texts ({class_text.shape[1]}-d) are in "
-            "different spaces; embed the class texts with the teacher's text encoder"
-        )
+    check_same_space(feats.shape[1], class_text.shape[1])
     scale = 1.0 / cfg.teacher.zero_shot_temperature
     return (scale * _normalise(feats) @ _normalise(class_text).T).astype(np.float32)
 
