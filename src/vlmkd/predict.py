@@ -2,6 +2,11 @@
 
     model = load_model("runs/fmnist/export-onnx")          # or a run folder, or its student.safetensors
     records = predict(model, ["photos/", "@list.txt"], top_k=3)
+    model = load_model("runs/ood", classes=["sandal", "boot"])  # zero-shot among any class names
+
+Zero-shot models score cosine(image, class text) / temperature, minus gamma (calibrated stacking, from the run's
+generalized evaluation) for the classes the student was trained on. `classes` uses the same texts as training
+(see `vlmkd.export.texts`): the run's class-text rows where it has the name, its templates otherwise.
 
 Images are preprocessed exactly as the student was evaluated (colour conversion, resize, center crop,
 normalise), from `preprocess.json` (export folders) or `student.json` (run folders). Unreadable files (corrupt,
@@ -13,15 +18,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from vlmkd.data.images import is_image_file
-from vlmkd.errors import ArtifactError, DataError
+from vlmkd.data.images import load_image
+from vlmkd.errors import ArtifactError, ConfigError, DataError
 from vlmkd.utils.progress import progress
 
 OUTPUT_FORMATS = ("table", "json", "csv")
@@ -39,6 +44,8 @@ class Predictor:
     temperature: float = 0.07
     source: str = ""
     kind: str = "pytorch"
+    seen: np.ndarray | None = None  # cosine: classes trained on, whose scores gamma lowers
+    gamma: float = 0.0
     _transform: Any = field(default=None, repr=False)
 
     def transform(self, image: Image.Image) -> np.ndarray:
@@ -52,7 +59,10 @@ class Predictor:
             return out["logits"]
         e = out["embedding"]
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        return e @ self.class_text.T / self.temperature
+        cos = (e @ self.class_text.T).astype(np.float32)
+        if self.gamma and self.seen is not None:
+            cos[:, self.seen] -= np.float32(self.gamma)  # calibrated stacking (vlmkd.eval.generalized)
+        return cos / self.temperature
 
 
 def resize_arg(pre: dict[str, Any]) -> int | tuple[int, int]:
@@ -93,8 +103,10 @@ def build_transform(pre: dict[str, Any]):
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_model(path: str | Path, device: str = "cpu") -> Predictor:
-    """A Predictor from an export folder (ONNX, TorchScript, safetensors), a run folder, or student.safetensors."""
+def load_model(path: str | Path, device: str = "cpu", classes: list[str] | None = None) -> Predictor:
+    """A Predictor from an export folder (ONNX, TorchScript, safetensors), a run folder, or student.safetensors.
+
+    `classes`: zero-shot among these class names instead of the model's own list."""
     from vlmkd.export import PREPROCESS_FILE, is_export_dir, load_runtime, read_class_store, read_export
     from vlmkd.utils.io import read_json
 
@@ -104,24 +116,53 @@ def load_model(path: str | Path, device: str = "cpu") -> Predictor:
             f"model {str(p)!r} does not exist; give a run folder, student.safetensors or export folder"
         )
     folder = p if p.is_dir() else p.parent
-    if is_export_dir(folder):
-        rec = read_export(folder)
-        info, class_text = read_class_store(folder)
-        zero_shot = rec.get("head") == "zero_shot"
-        return Predictor(
-            load_runtime(folder, rec, device),
-            read_json(folder / PREPROCESS_FILE),
-            list(info["names"]),
-            "cosine" if zero_shot else "logits",
-            class_text,
-            float(info.get("temperature", rec.get("temperature", 0.07))),
-            str(folder),
-            rec["format"],
-        )
-    return _from_run(p, device)
+    if not is_export_dir(folder):
+        return _from_run(p, device, classes)
+    rec = read_export(folder)
+    info, class_text = read_class_store(folder)
+    model = Predictor(
+        load_runtime(folder, rec, device),
+        read_json(folder / PREPROCESS_FILE),
+        list(info["names"]),
+        source=str(folder),
+        kind=rec["format"],
+    )
+    if rec.get("head") != "zero_shot":
+        if classes:
+            raise ConfigError(
+                f"{str(folder)!r} is a closed-set classifier export; --classes needs a zero-shot export "
+                "(`vlmkd export RUN --head zero_shot`) or the run folder"
+            )
+        return model
+    names, rows, seen = _export_classes(info, class_text, classes)
+    return replace(
+        model,
+        class_names=names,
+        mode="cosine",
+        class_text=rows,
+        temperature=float(info.get("temperature", rec.get("temperature", 0.07))),
+        seen=seen,
+        gamma=float(info.get("gamma") or 0.0),
+    )
 
 
-def _from_run(path: Path, device: str) -> Predictor:
+def _export_classes(info: dict[str, Any], class_text: np.ndarray, classes: list[str] | None):
+    """(names, rows, seen flags): the export's own rows for names it has, the others embedded like `classes add`."""
+    from vlmkd.export.classes import export_library
+    from vlmkd.export.texts import resolve_classes
+
+    names = list(info["names"])
+    seen = np.array(info.get("seen") or [False] * len(names), dtype=bool)
+    if not classes:
+        return names, class_text, seen
+    lib = export_library(info)
+    lib.rows = dict(zip(names, class_text))
+    _, rows, _ = resolve_classes(list(classes), lib)
+    flags = dict(zip(names, seen))
+    return list(classes), rows, np.array([bool(flags.get(n, False)) for n in classes], dtype=bool)
+
+
+def _from_run(path: Path, device: str, classes: list[str] | None = None) -> Predictor:
     from vlmkd.engine.checkpoint import load_student
     from vlmkd.export import preprocess_record
     from vlmkd.export.formats import TorchRuntime, output_names
@@ -130,25 +171,35 @@ def _from_run(path: Path, device: str) -> Predictor:
     names = list(meta.get("class_names") or [f"class_{i}" for i in range(student.num_classes)])
     pre = preprocess_record(meta)
     ev = meta.get("eval") or {}
-    if student.classifier is not None and ev.get("mode", "logits") == "logits":
+    if not classes and student.classifier is not None and ev.get("mode", "logits") == "logits":
         return Predictor(
             TorchRuntime(student, output_names(student, "classifier"), device=device),
             pre,
             names,
             source=str(path),
         )
-    if ev.get("class_texts") and student.proj is not None:
-        from vlmkd.export.classes import build_encoder, embed_classes
+    if student.proj is not None and (classes or ev.get("mode") == "cosine"):
+        from vlmkd.export.texts import resolve_classes, run_gamma, run_library, seen_mask
 
-        class_text = embed_classes(build_encoder(ev.get("text_encoder")), list(ev["class_texts"]))
+        run_dir = path if path.is_dir() else path.parent
+        lib = run_library(run_dir, meta)
+        names = list(classes or lib.seen)
+        _, rows, _ = resolve_classes(names, lib)
         return Predictor(
             TorchRuntime(student, ("embedding",), True, device),
             pre,
-            list(ev.get("class_names") or names),
+            names,
             "cosine",
-            class_text,
+            rows,
             float(ev.get("temperature", 0.07)),
             str(path),
+            seen=seen_mask(names, lib.seen),
+            gamma=run_gamma(run_dir),
+        )
+    if classes:
+        raise ConfigError(
+            f"{str(path)!r} is a closed-set classifier (no embedding head); --classes needs a student trained "
+            "with model.head=both or embedding"
         )
     if student.classifier is not None:
         return Predictor(TorchRuntime(student, ("logits",), device=device), pre, names, source=str(path))
@@ -200,14 +251,8 @@ def read_image(path: Path) -> Image.Image:
         raise DataError("file does not exist")
     if path.is_dir():
         raise DataError("is a folder")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except UnidentifiedImageError:
-        raise DataError("corrupt image" if is_image_file(path) else "not an image file") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"corrupt or truncated image ({type(e).__name__})") from None
+    # the one image loader (EXIF orientation, every Pillow mode, decompression-bomb cap), RGB or L
+    return load_image(path)
 
 
 class _ImageDataset:

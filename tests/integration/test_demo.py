@@ -21,7 +21,14 @@ TINY = DemoSettings(
     fewshot_steps=3,
 )
 LT_METHODS = {"ce", "balanced_softmax", "balanced_softmax+kd", "balanced_softmax+text", "vlmkd"}
-OOD_METHODS = {"vl_cls_plain", "vl_cls", "vl_cls+mse", "vl_cls+im_cst", "vl_cls+im_cst+vlprox"}
+OOD_METHODS = {
+    "vl_cls_plain",
+    "vl_cls",
+    "vl_cls+mse",
+    "vl_cls+im_cst",
+    "vl_cls+im_cst+vlprox",
+    "vl_cls+im_cst+coop",
+}
 
 
 def check_summary(out):
@@ -46,7 +53,17 @@ def check_summary(out):
         assert 0.0 <= m["overall"] <= 1.0 and len(m["per_class"]) == 10
     for m in s["ood"].values():
         assert all(0.0 <= m[k] <= 1.0 for k in ("id", "ood_zero_shot", "ood_5shot"))
+        gen = m["generalized"]  # among all ten names, raw and calibrated (vlmkd.eval.generalized)
+        assert set(gen["calibrated"]) == {"base", "novel", "harmonic"} and gen["classes_scored_among"] == 10
+    assert "never see a novel-class image" in s["note"] and "all ten classes" in s["note"]
+    comb = s["combined"]
+    assert len(comb) == 3 and "combined" in comb
+    assert comb["combined"]["novel_zero_shot"] is not None and comb["combined"]["novel_5shot"] is not None
+    lt_only = next(r for m, r in comb.items() if m.startswith("longtail-only"))
+    assert lt_only["novel_zero_shot"] is None and 0.0 <= lt_only["overall"] <= 1.0
     report = (out / "report.md").read_text()
+    assert "## Combined" in report and "| combined |" in report
+    assert "## Generalized zero-shot" in report
     assert "vl_cls+im_cst+vlprox" in report and "balanced_softmax+text" in report
     assert "total" in s["timings"]
     return s

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+
+import pytest
 
 from describe_fixtures import png_manifest
 from helpers_chat_server import ChatServer
 from vlmkd.config import DescribeConfig
 from vlmkd.data.images import open_image
 from vlmkd.describe import DescriptionStore, build_describer, describe_manifest, estimate_cost
-from vlmkd.describe.http import image_data_url
+from vlmkd.describe.http import AuthError, FailFast, image_data_url
 from vlmkd.describe.store import read_rows
+from vlmkd.errors import BackendError
 
 
 def _digests(m):
@@ -32,35 +36,40 @@ def _cfg(tmp_path, url, **kw):
     return DescribeConfig(**{**base, **kw})
 
 
-def test_faults_retried_failures_recorded_then_rerun_retries_only_failures(tmp_path, monkeypatch):
+@pytest.fixture
+def fast_retries(monkeypatch):
     monkeypatch.setattr("vlmkd.describe.http.ChatClient._delay", lambda self, a, r: 0.01)
+
+
+def test_faults_retried_in_run_failures_over_threshold_exit_then_rerun_retries_only_them(tmp_path, fast_retries):
     m = png_manifest(tmp_path, n=10)
     dg = _digests(m)
     faults = {
         dg[0]: ["429", "429"],  # recovers within the retries
         dg[1]: ["500"],
         dg[2]: ["slow"],  # one timeout, then fine
-        dg[3]: ["malformed"],  # not retried in-run: recorded as failed
+        dg[3]: ["malformed"],  # retried within the run
         dg[4]: ["empty"],
         dg[5]: ["500", "500", "500"],  # exhausts max_retries=2
+        dg[6]: ["nochoices"],
+        dg[7]: ["truncated"],  # the body cut short (IncompleteRead): retried
     }
     with ChatServer(faults=faults, slow_s=1.5) as srv:
         cfg = _cfg(tmp_path, srv.url)
-        folder = describe_manifest(m, cfg, build_describer(cfg))
-        st = DescriptionStore(folder)
-        t = st.load(include_failed=True)
+        with pytest.raises(BackendError, match=r"1 of 10 descriptions failed .*max_failure_rate.*HTTP 500"):
+            describe_manifest(m, cfg, build_describer(cfg))
+        folder = DescriptionStore(tmp_path / "desc").path
+        t = DescriptionStore(folder).load(include_failed=True)
         assert t["sample_id"] == m.ids  # one row per image, nothing duplicated
-        failed = {s for s, status in zip(t["sample_id"], t["status"]) if status == "failed"}
-        assert failed == {m.ids[3], m.ids[4], m.ids[5]}
+        assert [s for s, st in zip(t["sample_id"], t["status"]) if st == "failed"] == [m.ids[5]]
         rows = {r["sample_id"]: r for r in read_rows(folder / "descriptions.parquet")}
-        assert "malformed" in rows[m.ids[3]]["error"] and rows[m.ids[3]]["text"] is None
-        assert "HTTP 500" in rows[m.ids[5]]["error"]
+        assert "HTTP 500" in rows[m.ids[5]]["error"] and rows[m.ids[5]]["text"] is None
         assert rows[m.ids[0]]["text"] == f"a description of image {dg[0]}"
+        assert rows[m.ids[3]]["text"] == f"a description of image {dg[3]}"
         assert rows[m.ids[0]]["prompt_tokens"] == 12
         before = srv.count()
-        describe_manifest(m, cfg, build_describer(cfg))  # rerun: only the three failures are asked again
-        asked = [r["digest"] for r in srv.requests[before:]]
-        assert sorted(asked) == sorted([dg[3], dg[4], dg[5]])
+        describe_manifest(m, cfg, build_describer(cfg))  # rerun: only the failure is asked again
+        assert [r["digest"] for r in srv.requests[before:]] == [dg[5]]
         t = DescriptionStore(folder).load()
         assert t["sample_id"] == m.ids and all(s == "ok" for s in t["status"])
 
@@ -79,16 +88,14 @@ def test_api_key_never_stored_or_logged(tmp_path, monkeypatch, caplog):
         yaml_cfg.write_text(
             f"data: {{format: image_folder, root: {root}}}\n"
             f"describe: {{backend: openai, model: m, base_url: '{srv.url}', api_key_env: VLMKD_TEST_KEY, "
-            f"output: {tmp_path / 'desc'}, shard_size: 2, max_retries: 0}}\n"
+            f"output: {tmp_path / 'desc'}, shard_size: 2, max_retries: 1}}\n"
         )
         from vlmkd.cli import main
 
         with caplog.at_level(logging.DEBUG):
             assert main(["describe", str(yaml_cfg)]) == 0
         assert all(r["auth"] == f"Bearer {key}" for r in srv.requests)
-        cfg = _cfg(
-            tmp_path, srv.url, api_key_env="VLMKD_TEST_KEY", output=str(tmp_path / "desc2"), max_retries=0
-        )
+        cfg = _cfg(tmp_path, srv.url, api_key_env="VLMKD_TEST_KEY", output=str(tmp_path / "desc2"))
         describe_manifest(m, cfg, build_describer(cfg))
     assert key not in caplog.text
     for p in tmp_path.rglob("*"):
@@ -96,23 +103,77 @@ def test_api_key_never_stored_or_logged(tmp_path, monkeypatch, caplog):
             assert key.encode() not in p.read_bytes(), p
 
 
-def test_wrong_key_is_a_recorded_failure_without_the_key(tmp_path, monkeypatch):
+def test_wrong_key_stops_at_once_naming_the_variable_not_the_key(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VLMKD_TEST_KEY", "sk-wrong-777")
-    m = png_manifest(tmp_path, n=2)
+    m = png_manifest(tmp_path, n=40)
     with ChatServer(require_key="sk-right") as srv:
-        cfg = _cfg(tmp_path, srv.url, api_key_env="VLMKD_TEST_KEY")
-        folder = describe_manifest(m, cfg, build_describer(cfg))
+        cfg = _cfg(tmp_path, srv.url, api_key_env="VLMKD_TEST_KEY", concurrency=2)
+        with pytest.raises(AuthError, match=r"HTTP 401.*\$VLMKD_TEST_KEY") as e:
+            describe_manifest(m, cfg, build_describer(cfg))
+    assert "sk-wrong-777" not in str(e.value)
+    assert srv.count() <= 2  # the requests already in flight, nothing after them
+
+
+def test_wrong_model_name_fails_fast_and_cli_exits_2(tmp_path, fast_retries, capsys):
+    from conftest import make_image_folder
+    from vlmkd.cli import main
+
+    root = make_image_folder(tmp_path / "data", per_class=(10, 10, 10))
+    with ChatServer(fault_fn=lambda i, d: "500text") as srv:  # "no such model", as plain text
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"data: {{format: image_folder, root: '{root}'}}\n"
+            f"describe: {{backend: openai, model: nope, base_url: '{srv.url}', concurrency: 2, "
+            f"fail_fast_after: 4, output: '{tmp_path / 'desc'}'}}\n"
+        )
+        assert main(["describe", str(cfg)]) == 2
+        assert srv.count() <= 4 + 2  # not 6 tries for each of 30 images
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "first 4 requests all failed the same way: HTTP 500" in err[0]
+        assert main(["describe", str(cfg), "--dry-run", "--sample", "3", "describe.fail_fast_after=0"]) == 2
+        out, err = capsys.readouterr()
+        assert json.loads(out[: out.rindex("}") + 1])["failure_reasons"][0].startswith("HTTP 500")
+        assert "every request failed: HTTP 500" in err
+
+
+def test_redirect_to_another_origin_drops_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMKD_TEST_KEY", "sk-redirected")
+    m = png_manifest(tmp_path, n=2)
+    with ChatServer() as other, ChatServer(redirect_to=other.url) as first:
+        cfg = _cfg(tmp_path, first.url, api_key_env="VLMKD_TEST_KEY")
+        describe_manifest(m, cfg, build_describer(cfg))
+    assert first.requests and all(r["auth"] == "Bearer sk-redirected" for r in first.requests)
+    assert other.answered == 2 and all(r["auth"] == "" for r in other.requests)
+
+
+def test_identical_samples_reported_and_flagged(tmp_path, caplog):
+    m = png_manifest(tmp_path, n=3)
+    with ChatServer() as srv:  # answers ignore temperature and seed: both samples are the same
+        cfg = _cfg(tmp_path, srv.url, do_sample=True, temperature=0.8, n_descriptions=2)
+        with caplog.at_level(logging.WARNING):
+            folder = describe_manifest(m, cfg, build_describer(cfg))
     rows = read_rows(folder / "descriptions.parquet")
-    assert all(r["status"] == "failed" and "HTTP 401" in r["error"] for r in rows)
-    assert srv.count() == 2  # 401 is not retried
-    assert all("sk-wrong-777" not in r["error"] for r in rows)
+    assert len(rows) == 6 and all(r["identical"] for r in rows)
+    assert DescriptionStore(folder).meta["identical"] == 6
+    assert "3 images got identical descriptions although sampling was asked for" in caplog.text
 
 
-def test_dry_run_estimates_tokens(tmp_path):
+def test_time_queued_at_a_busy_server_is_not_a_failed_attempt(tmp_path, fast_retries):
+    m = png_manifest(tmp_path, n=6)
+    # one request at a time, 0.2 s each: with 4 in flight the last ones wait past the 0.5 s timeout
+    with ChatServer(delay_s=0.2, serial=True) as srv:
+        cfg = _cfg(tmp_path, srv.url, concurrency=4, max_retries=0, timeout_s=0.5)
+        folder = describe_manifest(m, cfg, build_describer(cfg))
+    assert DescriptionStore(folder).meta["ok"] == 6 and srv.count() == 6  # no request timed out
+
+
+def test_dry_run_estimates_tokens_and_wall_time_per_server_count(tmp_path):
     m = png_manifest(tmp_path, n=20)
-    with ChatServer() as srv:
+    with ChatServer(delay_s=0.05) as srv:
         cfg = _cfg(tmp_path, srv.url)
         est = estimate_cost(m, cfg, build_describer(cfg), sample=4)
     assert est["sample_images"] >= 4 and est["estimated_prompt_tokens"] == 12 * 20
     assert est["estimated_completion_tokens"] == 6 * 20 and est["estimated_seconds"] >= 0
+    by = est["estimated_seconds_by_servers"]
+    assert est["per_request_latency_s"] >= 0.05 and by["1"] == pytest.approx(2 * by["2"], abs=0.02)
     assert not (tmp_path / "desc").exists()  # a dry run stores nothing

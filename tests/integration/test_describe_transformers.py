@@ -39,9 +39,9 @@ def test_describe_cli_tiny_vlm(tmp_path, maker, prompt, monkeypatch):
     calls = []
     orig = TransformersDescriber._generate_batch
 
-    def spy(self, images, prompts, n):
+    def spy(self, images, prompts, n, seeds):
         calls.append(len(images))
-        return orig(self, images, prompts, n)
+        return orig(self, images, prompts, n, seeds)
 
     monkeypatch.setattr(TransformersDescriber, "_generate_batch", spy)
     cfg = _yaml(tmp_path, model, prompt=prompt)
@@ -80,6 +80,28 @@ def test_sampling_n_descriptions_and_left_padding(tmp_path):
     ims = [Image.new("L", (20, 20), v) for v in (0, 128)]
     out = d.describe(ims, ["cat", "a_long_class_name_here"], 2)
     assert len(out) == 2 and all(len(r) == 2 for r in out)
+
+
+def test_sampled_descriptions_do_not_depend_on_batching(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    cfg = DescribeConfig(
+        backend="transformers", model=make_tiny_llava(tmp_path / "model"), device="cpu", do_sample=True,
+        n_descriptions=2, max_new_tokens=5, temperature=1.5,
+    )  # fmt: skip
+    d = TransformersDescriber(cfg)
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(4)]
+    names = ["cat", "dog", "a_long_class_name_here", "owl"]
+    torch.manual_seed(1)
+    together = d.describe(ims, names, 2)
+    torch.manual_seed(2)  # the global RNG has no say either
+    alone = [d.describe([im], [c], 2)[0] for im, c in zip(ims, names)]
+    texts = [[x.text for x in r] for r in together]
+    assert texts == [[x.text for x in r] for r in alone]
+    assert any(r[0] != r[1] for r in texts) and len({r[0] for r in texts}) > 1  # really sampled
 
 
 def test_not_a_vlm_is_a_backend_error(tmp_path):

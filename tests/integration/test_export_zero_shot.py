@@ -162,6 +162,6 @@ def test_zero_shot_onnx_embedding_is_normalised_and_matches_torch(zero_shot_run,
         ref = torch.nn.functional.normalize(student(torch.from_numpy(x))["embedding"], dim=1).numpy()
     np.testing.assert_allclose(emb, ref, atol=1e-4)
     assert json.loads((out / "classes.json").read_text())["texts"] == [
-        "a photo of a red thing.",
-        "a photo of a green thing.",
+        ["a photo of a red thing."],
+        ["a photo of a green thing."],
     ]

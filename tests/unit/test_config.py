@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 
 from vlmkd.config import Config, load_config, save_config
 from vlmkd.errors import ConfigError
+
+RECIPES = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_defaults_and_yaml_override(tmp_path):
@@ -48,3 +52,26 @@ def test_base_chain_and_roundtrip(tmp_path):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/x.yaml")
+
+
+def test_loss_typo_is_an_error_naming_the_closest_term(tmp_path):
+    """`losses.txt.weight=0` once created a new `ce` term of weight 0 and left `text` on."""
+    p = tmp_path / "c.yaml"
+    p.write_text("losses:\n  text:\n    name: ce\n    weight: 1.0\n")
+    with pytest.raises(ConfigError, match=r'losses.txt.weight.*did you mean "losses.text".*losses.txt.name='):
+        load_config(p, ["losses.txt.weight=0"])
+    p.write_text("losses:\n  clss:\n    weight: 2.0\n")  # the same typo inside a YAML file
+    with pytest.raises(ConfigError, match='did you mean "losses.cls"'):
+        load_config(p)
+    assert load_config(None, ["losses.cls.weight=0.5"]).losses["cls"].weight == 0.5
+
+
+def test_num_workers_auto_stays_within_the_cpu_count(monkeypatch):
+    import vlmkd.config.data as data_cfg
+
+    monkeypatch.setattr(data_cfg.os, "cpu_count", lambda: 2)
+    assert load_config(RECIPES / "custom" / "image_folder.yaml").data.num_workers == 2  # the recipe says auto
+    monkeypatch.setattr(data_cfg.os, "cpu_count", lambda: 64)
+    assert load_config(None, ["data.num_workers=auto"]).data.num_workers == 8
+    with pytest.raises(ConfigError, match="data.num_workers must be an integer >= 0 or auto"):
+        load_config(None, ["data.num_workers=-1"])

@@ -235,3 +235,59 @@ def test_small_image_fast_path_matches_pil_pipeline(in_chans, train):
             b = slow(Image.fromarray(arr))
             assert a.shape == b.shape == (in_chans, 16, 16)
             assert torch.allclose(a, b, atol=1e-6)
+
+
+def _folder_with_broken_files(image_folder):
+    from helpers_messy_images import broken_files
+
+    bad = broken_files(image_folder / "train" / "cat")
+    return {str(p.relative_to(image_folder)) for p in bad.values()}
+
+
+def test_training_dataset_replaces_bad_images_so_every_rank_takes_every_step(image_folder):
+    bad = _folder_with_broken_files(image_folder)
+    m = build_manifests(DataConfig(format="image_folder", root=str(image_folder)))["train"]
+    tf = build_transform(DataConfig(image_size=16, in_chans=3), train=True)
+    ds = ManifestDataset(m, tf, on_bad_image="skip", replace_bad=True)
+    i = m.paths.index(sorted(bad)[0])
+    item = ds[i]  # a readable stand-in of the same class, named as a skip
+    assert item["label"] == m.labels[i] and m.paths[item["index"]] not in bad
+    # two ranks; rank 1 gets only unreadable files in its first batch: both ranks still see full batches
+    bad_idx = [m.paths.index(p) for p in sorted(bad)]
+    good_idx = [j for j in range(len(m)) if j not in bad_idx]
+    orders = [good_idx[:8], bad_idx + good_idx[8:12]]  # rank 1's first batch: four unreadable files
+    ranks = [[collate_skip([ds[j] for j in order[k : k + 4]]) for k in (0, 4)] for order in orders]
+    assert len(ranks[0]) == len(ranks[1])
+    assert all(b["image"].shape[0] == 4 for batches in ranks for b in batches)
+    first = ranks[1][0]
+    assert first["skipped"] == 4 and set(first["skipped_files"]) == bad
+
+
+def test_eval_dataset_drops_and_names_bad_images(image_folder, caplog):
+    bad = _folder_with_broken_files(image_folder)
+    m = build_manifests(DataConfig(format="image_folder", root=str(image_folder)))["train"]
+    ds = ManifestDataset(
+        m, build_transform(DataConfig(image_size=16, in_chans=3), train=False), on_bad_image="skip"
+    )
+    batch = collate_skip([ds[j] for j in range(len(ds))])
+    assert batch["skipped"] == 4 and set(batch["skipped_files"]) == bad
+    assert batch["image"].shape[0] == len(ds) - 4
+    assert all(p.split("/")[-1] in caplog.text for p in bad)  # the log names every skipped file
+
+
+def test_data_stats_does_not_count_unreadable_files(image_folder, capsys):
+    from vlmkd.cli import main
+
+    bad = _folder_with_broken_files(image_folder)
+    cfg = image_folder / "c.yaml"
+    cfg.write_text(f"data: {{format: image_folder, root: {image_folder}}}\n")
+    assert main(["data", "stats", str(cfg), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    # cat has 6 readable files; the truncated PNG passes the header check (its pixel data is cut)
+    header_bad = bad - {"train/cat/truncated.png"}
+    assert set(info["unreadable"]["files"]) == header_bad and info["unreadable"]["count"] == 3
+    assert info["classes"][0]["train"] == 6 + 1 and info["splits"]["train"] == 12 + 1
+    assert main(["data", "stats", str(cfg), "--decode"]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable: 4 files" in out and all(p in out for p in bad)
+    assert "    0  cat        6" in out

@@ -44,6 +44,14 @@ def test_vl_cls_golden():
     assert loss(t([[2.0, 0.0]]), w, labels(1)).item() == pytest.approx(LN(1 + math.exp(2)), rel=1e-6)
 
 
+def test_vl_cls_balanced_golden():
+    # as above (logits [2, 0]) plus log prior: counts [3, 1] -> [ln 3/4, ln 1/4]; label 1:
+    # -ln(e^{ln 1/4} / (e^{2 + ln 3/4} + e^{ln 1/4})) = ln(1 + 3 e^2)
+    loss = L.build("vl_cls", temperature=0.5, balanced=True, class_counts=[3, 1])
+    w = t([[1.0, 0.0], [0.0, 3.0]])
+    assert loss(t([[2.0, 0.0]]), w, labels(1)).item() == pytest.approx(LN(1 + 3 * math.exp(2)), rel=1e-6)
+
+
 def test_vl_cls_matches_loop_reference_and_default_tau():
     rng = np.random.default_rng(0)
     s, w, y = rng.normal(size=(6, 5)), rng.normal(size=(4, 5)), np.array([0, 3, 1, 1, 2, 0])

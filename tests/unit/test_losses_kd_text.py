@@ -210,3 +210,53 @@ def test_kd_logit_adjust_golden():
     assert abs(plain - got) > 1e-3  # the prior changes the target
     with pytest.raises(ConfigError, match="class_counts"):
         L.build("kd", logit_adjust=True)
+
+
+# ---------------------------------------------------------------- text_soft, text_rkd
+
+
+def test_text_soft_golden():
+    """A description equal to class 0's text, orthogonal class texts, tau_desc = 1: p_t = softmax([1, 0])."""
+    class_text = t([[1.0, 0.0], [0.0, 2.0]])  # normalised inside
+    desc = t([[3.0, 0.0]])
+    p_t = np.array([E, 1.0]) / (E + 1.0)
+    expected = float(np.sum(p_t * np.log(p_t / 0.5)))  # student logits [0, 0]: uniform
+    loss = L.build("text_soft", desc_temperature=1.0, temperature=1.0)
+    assert loss(t([[0.0, 0.0]]), desc, class_text).item() == pytest.approx(expected, rel=1e-6)
+    # T = 2 tempers both sides and scales by T^2
+    p2 = np.exp(np.array([0.5, 0.0])) / np.exp(np.array([0.5, 0.0])).sum()
+    got2 = L.build("text_soft", desc_temperature=1.0, temperature=2.0)(t([[0.0, 0.0]]), desc, class_text)
+    assert got2.item() == pytest.approx(4 * float(np.sum(p2 * np.log(p2 / 0.5))), rel=1e-6)
+
+
+def test_text_soft_averages_descriptions_and_only_the_student_learns():
+    class_text = t([[1.0, 0.0], [0.0, 1.0]])
+    two = t([[[1.0, 0.0], [0.0, 1.0]]])  # B x K x D: the mean points between the classes -> uniform target
+    logits = torch.zeros(1, 2, requires_grad=True)
+    loss = L.build("text_soft", desc_temperature=0.1)
+    assert loss(logits, two, class_text).item() == pytest.approx(0.0, abs=1e-6)
+    loss(logits + t([[1.0, 0.0]]), two, class_text).backward()
+    assert logits.grad is not None and logits.grad[0, 0] > 0
+
+
+def test_text_rkd_matches_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    s, x = torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g)  # any student dim
+    tau, tau_t = 0.3, 0.2
+    sn, xn = F_normalize(s.numpy()), F_normalize(x.numpy())
+    total = 0.0
+    for i in range(5):
+        js = [j for j in range(5) if j != i]
+        ls = np.array([sn[i] @ sn[j] / tau for j in js])
+        lt = np.array([xn[i] @ xn[j] / tau_t for j in js])
+        ps, pt = np.exp(ls) / np.exp(ls).sum(), np.exp(lt) / np.exp(lt).sum()
+        total += float(np.sum(pt * np.log(pt / ps)))
+    got = L.build("text_rkd", temperature=tau, text_temperature=tau_t)(s, x)
+    assert got.item() == pytest.approx(total / 5, rel=1e-5)
+    # the same relations give zero, and fewer than three samples have no relation to distill
+    assert L.build("text_rkd", temperature=0.2, text_temperature=0.2)(x, x).item() == pytest.approx(0, abs=1e-6)
+    assert L.build("text_rkd")(s[:2], x[:2]).item() == 0.0
+
+
+def F_normalize(a):
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)

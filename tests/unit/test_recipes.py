@@ -14,6 +14,7 @@ import pytest
 
 from vlmkd.cli import build_parser
 from vlmkd.config import Config, LossTerm, load_config
+from vlmkd.engine.selection import check_select_on
 from vlmkd.errors import ConfigError
 from vlmkd.losses import LOSSES
 from vlmkd.registry import check_kwargs
@@ -71,6 +72,7 @@ def test_recipe_loads_with_registered_losses(path):
         assert spec.name in LOSSES, f"{path.name}: losses.{term}.name {spec.name!r} is not a registered loss"
         # options other than the injected class counts must be real constructor arguments
         check_kwargs(LOSSES.get(spec.name), dict(spec.args), f"{path.name}: losses.{term}")
+    check_select_on(cfg.eval.select_on)  # no recipe selects its model on the split it reports
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=IDS)

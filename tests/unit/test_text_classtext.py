@@ -108,7 +108,7 @@ def test_class_template_ablation_replaces_descriptions(image_folder):
     """text.source=class_templates: every image's text embedding is its class's "a photo of a {c}." embedding."""
     from vlmkd.config import load_config
     from vlmkd.data import build_manifests
-    from vlmkd.tasks.sources import load_image_text
+    from vlmkd.tasks.sources import image_text_rows
     from vlmkd.text.encoders import build_text_encoder
 
     cfg = load_config(
@@ -121,9 +121,65 @@ def test_class_template_ablation_replaces_descriptions(image_folder):
         ],
     )
     train = build_manifests(cfg.data)["train"]
-    emb = load_image_text(cfg, train).astype(np.float32)
+    rows = image_text_rows(cfg, train)
+    emb = np.stack([rows.row(i) for i in range(len(train))])
     assert emb.shape == (len(train), 384)
     ref = build_text_encoder("sentence_transformers", device="cpu").encode(
         [f"a photo of a {c}." for c in train.class_names]
     )
     np.testing.assert_allclose(emb, ref[train.labels], atol=2e-3)  # float16 storage
+
+
+def test_llm_unreachable_fails_fast_in_one_line(tmp_path):
+    """A refused connection is reported at once (no 6 retries) and names the offline route."""
+    import socket
+    import time
+
+    from vlmkd.errors import BackendError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = ClassTextConfig(
+        enriched=True,
+        sentences_backend="openai",
+        llm_model="m",
+        llm_base_url=f"http://127.0.0.1:{port}/v1",
+        max_retries=5,
+        output=str(tmp_path / "ct"),
+    )
+    t0 = time.monotonic()
+    with pytest.raises(BackendError, match="connection refused") as err:
+        build_class_texts(["cat"], cfg)
+    assert time.monotonic() - t0 < 3 and "\n" not in str(err.value)
+    assert "sentences_file" in str(err.value) and "teacher train" in str(err.value)
+    with pytest.raises(ConfigError, match="write the sentences yourself"):
+        build_class_texts(
+            ["cat"], ClassTextConfig(enriched=True, sentences_backend="openai", output=str(tmp_path))
+        )
+
+
+def test_sentences_file_error_names_the_folder_names(tmp_path):
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"T-shirt": "a shirt."}))
+    cfg = ClassTextConfig(enriched=True, sentences_file=str(p), output=str(tmp_path / "ct"))
+    with pytest.raises(DataError, match="no sentence for class 'boot'.*folder names: boot, sandal"):
+        build_class_texts(["boot", "sandal"], cfg)
+
+
+def test_classtext_covers_every_class_with_a_novel_split(image_folder):
+    """`vlmkd classtext` takes every class of the dataset, not only the base classes of the training split,
+    whether the novel classes are pinned by name or by id, and whatever num_novel says."""
+    from vlmkd.config import load_config
+    from vlmkd.data import build_manifests
+    from vlmkd.text.classtext import dataset_class_names
+
+    base = [f"data.root={image_folder}", "data.format=image_folder"]
+    for novel in ("[owl]", "[2]"):
+        cfg = load_config(None, [*base, f"data.split.novel_classes={novel}", "data.split.num_novel=0"])
+        ms = build_manifests(cfg.data)
+        assert ms["train"].class_names == ["cat", "dog"] and ms["ood"].class_names == ["owl"]
+        assert dataset_class_names(ms) == ["cat", "dog", "owl"]
+    cfg = load_config(None, [*base, "data.split.novel_classes=[cat]"])
+    assert dataset_class_names(build_manifests(cfg.data)) == ["cat", "dog", "owl"]
+    assert dataset_class_names(build_manifests(load_config(None, base).data)) == ["cat", "dog", "owl"]

@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--text",
         action="append",
-        help="the text to embed for each name, in order (default: the "
-        "export's templates filled with the name)",
+        help="the text to embed for each name, in order (default: the run's own texts for the name, "
+        "recorded at export, else its templates filled with the name)",
     )
     a.add_argument("--replace", action="store_true", help="re-embed names that already exist")
     r = csub.add_parser("remove", help="remove classes by name")
@@ -30,8 +30,14 @@ def run(args: argparse.Namespace) -> int:
     from vlmkd.export import add_classes, read_class_store, remove_classes
 
     if args.action == "add":
+        before = set(read_class_store(args.export_dir)[0]["names"])
         names = add_classes(args.export_dir, args.names, args.text, replace=args.replace)
-        print(f"{len(names)} classes: added {', '.join(args.names)}")
+        for verb, group in (
+            ("added", [n for n in args.names if n not in before]),
+            ("replaced", [n for n in args.names if n in before]),
+        ):
+            if group:
+                print(f"{len(names)} classes: {verb} {', '.join(group)}")
     elif args.action == "remove":
         names = remove_classes(args.export_dir, args.names)
         print(f"{len(names)} classes: removed {', '.join(args.names)}")

@@ -16,6 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--split", default=None, help="split whose class names are used (default: classtext.split)"
     )
     p.add_argument("--no-embed", action="store_true", help="write the texts only")
+    p.add_argument(
+        "--shard",
+        default=None,
+        help="embed shard I of N (job arrays; under torchrun the ranks split it themselves)",
+    )
     p.set_defaults(func=run)
 
 
@@ -23,17 +28,18 @@ def run(args: argparse.Namespace) -> int:
     from vlmkd.config import load_config
     from vlmkd.data import build_manifests
     from vlmkd.errors import ConfigError
-    from vlmkd.text.classtext import build_class_texts, load_class_texts
+    from vlmkd.text.classtext import build_class_texts, dataset_class_names, load_class_texts
 
     cfg = load_config(args.config, args.overrides)
     split = args.split or cfg.classtext.split
     manifests = build_manifests(cfg.data)
     if split not in manifests:
         raise ConfigError(f"split {split!r} does not exist; choose one of: {', '.join(manifests)}")
-    names = manifests[split].class_names
-    if manifests[split].source.get("all_classes"):  # ood_lists: one store for the base and the novel classes
-        names = list(manifests[split].source["all_classes"])
-    folder = build_class_texts(names, cfg.classtext, None if args.no_embed else cfg.embed)
+    names = dataset_class_names(manifests, split)  # base and novel classes: one store for both
+    from vlmkd.commands._shards import start_workers
+
+    start_workers(args, cfg.embed.device)  # torchrun: rank 0 writes the texts, the ranks share the embedding
+    folder = build_class_texts(names, cfg.classtext, None if args.no_embed else cfg.embed, shard=args.shard)
     data = load_class_texts(folder)
     n = sum(len(t) for t in data["texts"])
     print(f"{len(names)} classes, {n} texts (e.g. {data['texts'][0][0]!r}) -> {folder}")

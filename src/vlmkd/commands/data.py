@@ -1,11 +1,18 @@
-"""`vlmkd data stats CONFIG`: class counts and the Many/Medium/Few split of every split."""
+"""`vlmkd data stats CONFIG`: class counts and the Many/Medium/Few split of every split, counting readable images
+only; unreadable files are listed by name."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from vlmkd.cli import add_config_args
+
+if TYPE_CHECKING:  # the CLI imports every command at start-up: data modules load only when one runs
+    import numpy as np
+
+    from vlmkd.data.manifest import Manifest
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,22 +21,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = dsub.add_parser("stats", help="print class counts and the Many/Medium/Few split")
     add_config_args(s)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.add_argument(
+        "--decode",
+        action="store_true",
+        help="decode every image to find truncated files too (default: a cheap header check of every file)",
+    )
     s.set_defaults(func=stats)
 
 
 def stats(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from vlmkd.config import load_config
     from vlmkd.data import build_manifests
+    from vlmkd.data.images import unreadable_files
     from vlmkd.data.longtail import bucket_of_counts
 
     cfg = load_config(args.config, args.overrides)
     ms = build_manifests(cfg.data)
+    bad = unreadable_files(ms, cfg.data.max_image_pixels or None, decode=args.decode)
     train = ms["train"]
-    counts = train.class_counts()
+    counts = np.bincount(train.labels[_readable(train, bad)], minlength=train.num_classes)
     buckets = bucket_of_counts(counts, cfg.data.many_threshold, cfg.data.few_threshold)
     info = {
         "format": cfg.data.format,
-        "splits": {k: len(v) for k, v in ms.items()},
+        "splits": {k: int(_readable(v, bad).sum()) for k, v in ms.items()},
+        "unreadable": {"count": len(bad), "files": bad},
         "imbalance_factor": round(float(counts.max() / max(counts.min(), 1)), 2),
         "classes": [
             {"id": c, "name": n, "train": int(counts[c]), "bucket": buckets[c]}
@@ -37,9 +54,15 @@ def stats(args: argparse.Namespace) -> int:
         ],
         "buckets": {b: buckets.count(b) for b in ("many", "medium", "few")},
     }
+    if "ood" in ms:  # open-vocabulary split: name the classes (dataset ids follow sorted folder names)
+        src = train.source
+        novel, base = ms["ood"].class_names, train.class_names
+        info["base_classes"] = dict(zip(src.get("base_classes", range(len(base))), base))
+        info["novel_classes"] = dict(zip(src.get("novel_classes", range(len(novel))), novel))
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0
+    _print_unreadable(bad, args.decode)
     print(f"format {info['format']}: " + ", ".join(f"{k}={v}" for k, v in info["splits"].items()))
     print(f"imbalance (max/min train count): {info['imbalance_factor']}")
     print(
@@ -49,4 +72,26 @@ def stats(args: argparse.Namespace) -> int:
     width = max(len(c["name"]) for c in info["classes"])
     for c in info["classes"]:
         print(f"{c['id']:>5}  {c['name']:<{width}}  {c['train']:>7}  {c['bucket']}")
+    for kind in ("base", "novel"):
+        if f"{kind}_classes" in info:
+            named = ", ".join(f"{n} (id {i})" for i, n in info[f"{kind}_classes"].items())
+            print(f"{kind} classes: {named}")
     return 0
+
+
+def _readable(m: Manifest, bad: dict[str, str]) -> np.ndarray:
+    import numpy as np
+
+    if not bad or m.paths is None:
+        return np.ones(len(m), dtype=bool)
+    return np.array([p not in bad for p in m.paths], dtype=bool)
+
+
+def _print_unreadable(bad: dict[str, str], decoded: bool) -> None:
+    if not bad:
+        return
+    print(f"unreadable: {len(bad)} files, not counted below (data.on_bad_image=skip skips them):")
+    for reason in bad.values():
+        print(f"  {reason}")
+    if not decoded:
+        print("  (header check only; --decode also finds truncated pixel data)")

@@ -55,11 +55,8 @@ def build_teacher(cfg):
 def run(args: argparse.Namespace) -> int:
     from vlmkd.config import load_config, save_config
     from vlmkd.data import build_manifests
-    from vlmkd.describe import build_describer, describe_manifest, description_key, estimate_cost
-    from vlmkd.describe.run import store_folder
-    from vlmkd.describe.store import merge_shards
-    from vlmkd.errors import ConfigError
-    from vlmkd.utils.io import read_json
+    from vlmkd.describe import build_describer, describe_manifest, estimate_cost, merge_view
+    from vlmkd.errors import ArtifactError, BackendError, ConfigError
 
     cfg = load_config(args.config, args.overrides)
     dc = cfg.describe
@@ -74,19 +71,30 @@ def run(args: argparse.Namespace) -> int:
         est = estimate_cost(manifest, dc, describer, sample=args.sample)
         json.dump(est, sys.stdout, indent=2)
         print()
+        if est["failure_rate"] >= 1.0:
+            raise BackendError(f"dry run: every request failed: {(est['failure_reasons'] or ['?'])[0]}")
         return 0
     if args.merge:
-        folder = store_folder(dc.output, description_key(manifest, describer.identity(), dc.n_descriptions))
-        if not (folder / "meta.json").is_file():
-            raise ConfigError(f"nothing to merge in {str(folder)!r}; run `vlmkd describe` first")
-        stats = merge_shards(folder, manifest.ids, int(read_json(folder / "meta.json")["n_descriptions"]))
-        print(f"merged {stats['num_rows']} descriptions ({stats['failed']} failed) -> {folder}")
+        stats = merge_view(manifest, dc, describer.identity(), int(dc.n_descriptions))
+        if stats is None:
+            raise ArtifactError(
+                "descriptions are still missing; run the remaining `vlmkd describe` processes"
+            )
+        print(f"merged {stats.get('num_rows')} descriptions ({stats.get('failed')} failed)")
         return 0
-    folder = describe_manifest(manifest, dc, describer, shard=args.shard)
-    save_config(cfg, folder / "config.yaml")
-    meta = read_json(folder / "meta.json")
-    if meta.get("merged"):
-        print(f"{meta['ok']} descriptions ok, {meta['failed']} failed -> {folder}")
+    folder = describe_manifest(manifest, dc, describer, shard=args.shard, on_bad_image=cfg.data.on_bad_image)
+    if (folder / "meta.json").is_file():
+        save_config(cfg, folder / "config.yaml")
+        _print_done(folder)
     else:
-        print(f"shards written -> {folder} (merge when all processes finish: vlmkd describe CONFIG --merge)")
+        print(f"rows written -> {dc.output} (merge when all processes finish: vlmkd describe CONFIG --merge)")
     return 0
+
+
+def _print_done(folder) -> None:
+    from vlmkd.utils.io import read_json
+
+    meta = read_json(folder / "meta.json")
+    print(f"{meta['ok']} descriptions ok, {meta['failed']} failed, {meta['skipped']} skipped -> {folder}")
+    for name in meta.get("skipped_files", [])[:5]:
+        print(f"  skipped {name}")

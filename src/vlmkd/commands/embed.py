@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from vlmkd.cli import add_config_args
+from vlmkd.commands._shards import MERGE_HINT, add_shard_args, start_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "else the describe.output store)",
     )
     p.add_argument("--list", action="store_true", help="list the registered text encoders and exit")
+    add_shard_args(p, "embed")
     p.set_defaults(func=run)
 
 
@@ -36,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     ec = cfg.embed
     src = args.input or ec.input or cfg.describe.output
-    enc = build_text_encoder(ec.encoder, ec.model, ec.revision, ec.device, ec.batch_size)
+    device, split = start_workers(args, ec.device)
+    enc = build_text_encoder(ec.encoder, ec.model, ec.revision, device, ec.batch_size)
     p = Path(src)
+    kw = {"shard": args.shard, "merge": "only" if args.merge else "auto"}
     if p.is_file():
         texts, ids = read_texts_file(p)
-        store = embed_texts(texts, enc, ec.output, ids, ec.batch_size, {"source": str(p)})
+        store = embed_texts(texts, enc, ec.output, ids, ec.batch_size, {"source": str(p)}, **kw)
     else:
         try:
             desc = DescriptionStore(p)
@@ -49,9 +53,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{src!r} is not a description store or a text file; run `vlmkd describe` first "
                 "(class texts are embedded by `vlmkd classtext`)"
             ) from None
-        store = embed_descriptions(desc, enc, ec.output, ec.batch_size)
-    m = store.meta
-    print(
-        f"{m['count']} texts ({m['unique_texts']} distinct) x {m['dim']} with {m['encoder_id']} -> {store.path}"
-    )
+        store = embed_descriptions(desc, enc, ec.output, ec.batch_size, **kw)
+    if store is None:
+        print(f"embed: shards of process {split.rank}/{split.world} written (merge: {MERGE_HINT})")
+    elif split.rank == 0 or not split.collective:
+        m = store.meta
+        print(
+            f"{m['count']} texts ({m['unique_texts']} distinct) x {m['dim']} with {m['encoder_id']} -> {store.path}"
+        )
     return 0

@@ -73,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
         _, per_split = load_class_text(cfg, manifests)
         spec = EvalSpec("cosine", meta["eval"].get("temperature", 0.07), per_split)
     summary = evaluate_run(student, manifests, cfg, spec)
+    if cfg.eval.generalized and "generalized" not in summary:
+        _why_not_generalized(spec, manifests)
+    if summary.get("generalized"):  # `vlmkd export --head zero_shot` stores this gamma with the export
+        gen = summary["generalized"]
+        write_json(run_dir / "calibration.json", {"gamma": gen["gamma"], "calibration": gen["calibration"]})
     if args.few_shot:
         from vlmkd.eval.fewshot import few_shot_eval
         from vlmkd.teachers.clip import resolve_device
@@ -101,7 +106,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _why_not_generalized(spec, manifests) -> None:
+    """eval.generalized was asked for but cannot be scored: say why instead of omitting it silently."""
+    from vlmkd.errors import ConfigError
+
+    if spec.mode != "cosine":
+        why = "the student predicts with a classifier head (closed set); train it with model.head=both/embedding"
+    elif "ood_test" not in manifests:
+        why = "the run has no novel classes (set data.split.novel_classes or data.split.num_novel)"
+    else:
+        why = "the novel classes have no class texts; rerun `vlmkd classtext` (it covers every class)"
+    raise ConfigError(f"eval.generalized=true cannot be scored: {why}")
+
+
 def _print_splits(summary: dict) -> None:
+    from vlmkd.eval.generalized import format_generalized
+
+    if summary.get("generalized"):
+        print(format_generalized(summary["generalized"]))
     for split, m in summary["splits"].items():
         parts = [
             f"{k}={100 * m[k]:.2f}"
@@ -166,11 +188,20 @@ def _eval_teacher(cfg, out: str | None) -> int:
     from vlmkd.teachers.features import zero_shot_accuracy
     from vlmkd.utils.io import write_json
 
-    teacher, _, items = _teacher_splits(cfg, build_manifests(cfg.data), ("test", "val", "id", "ood_test"))
+    manifests = build_manifests(cfg.data)
+    splits = ["test", "val", "id", "ood_test"]
+    if cfg.eval.generalized and "val" not in manifests:
+        splits.append("train")  # held-out base images to choose gamma on
+    teacher, _, items = _teacher_splits(cfg, manifests, splits)
     summary: dict = {"teacher": teacher.teacher_id, "splits": {}}
-    for split, m, feats, w in items:
-        metrics = zero_shot_accuracy(feats, w, m.labels)
-        summary["splits"][split] = {k: v for k, v in metrics.items() if k != "confusion"}
+    feats, texts = {}, {}
+    for split, m, f, w in items:
+        metrics = zero_shot_accuracy(f, w, m.labels)
+        feats[split], texts[split] = f, w
+        if split != "train":
+            summary["splits"][split] = {k: v for k, v in metrics.items() if k != "confusion"}
+    if cfg.eval.generalized:
+        summary["generalized"] = _teacher_generalized(cfg, manifests, feats, texts)
     if not summary["splits"]:
         raise ConfigError(
             "no split has class texts for all its classes; rerun `vlmkd classtext` over all classes"
@@ -184,6 +215,22 @@ def _eval_teacher(cfg, out: str | None) -> int:
             json.dumps({"teacher": teacher.teacher_id, **{k: head[k] for k in ("overall", "mean_per_class")}})
         )
     return 0
+
+
+def _teacher_generalized(cfg, manifests, feats: dict, texts: dict) -> dict:
+    """The teacher's generalized zero-shot (see vlmkd.eval.generalized), from its clean-view features."""
+    from vlmkd.errors import ConfigError
+    from vlmkd.eval.generalized import features_generalized
+
+    calib = "val" if "val" in feats else "train"
+    if not {"id", "ood_test", calib} <= set(feats):
+        raise ConfigError(
+            "eval.generalized=true needs novel classes (data.split.novel_classes) with class texts for every "
+            "class; rerun `vlmkd classtext` (it covers every class)"
+        )
+    labels = {k: manifests[k].labels for k in feats}
+    base = texts["id"]
+    return features_generalized(feats, labels, base, texts["ood_test"], calib, cfg.eval.calibration_tolerance)
 
 
 def _representation(student, cfg, manifests) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlmkd.commands.predict import add_class_args, classes_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,12 +22,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="classifier: the classifier head's logits; zero_shot: the embedding head + class-text "
         "embeddings (add classes later with `vlmkd classes add`). Default: classifier when present",
     )
-    p.add_argument("--classes", nargs="+", metavar="NAME", help="zero_shot: class names (default: the run's)")
+    add_class_args(
+        p, "zero_shot: class names (default: the run's); the run's class texts are used where it has them"
+    )
+    p.add_argument(
+        "--gamma",
+        type=float,
+        help="zero_shot: calibrated-stacking penalty on the trained classes' cosine scores (default: the one "
+        "`vlmkd eval RUN eval.generalized=true` recorded, else 0)",
+    )
     p.add_argument(
         "--template",
         action="append",
         metavar="TEXT",
-        help="zero_shot: class prompt with {name}, repeatable (default: the run's, or 'a photo of a {name}.')",
+        help="zero_shot: class prompt with {name}, repeatable; replaces the run's class texts for every name "
+        "(default: the run's texts, else its templates)",
     )
     p.add_argument(
         "--text-encoder", help="zero_shot: text encoder name (default: the run's embed.encoder, or MiniLM)"
@@ -49,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
         args.format,
         args.out,
         args.head,
-        class_names=args.classes,
+        class_names=classes_from_args(args),
         templates=args.template,
         encoder_name=args.text_encoder,
         encoder_model=args.text_model,
         measure_latency=not args.no_latency,
         opset=args.opset,
+        gamma=args.gamma,
     )
     rec = read_export(out)
     print(

@@ -6,6 +6,21 @@ import argparse
 import sys
 
 
+def add_class_args(p: argparse.ArgumentParser, help_text: str) -> None:
+    """--classes NAME... and --classes-file FILE (one name per line); shared by predict and export."""
+    p.add_argument("--classes", nargs="+", metavar="NAME", help=help_text)
+    p.add_argument("--classes-file", metavar="FILE", help="class names, one per line (instead of --classes)")
+
+
+def classes_from_args(args: argparse.Namespace) -> list[str] | None:
+    from vlmkd.errors import ConfigError
+    from vlmkd.export.texts import read_classes_file
+
+    if args.classes and args.classes_file:
+        raise ConfigError("give --classes or --classes-file, not both")
+    return read_classes_file(args.classes_file) if args.classes_file else args.classes
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="classify images with a run folder, student.safetensors or export folder"
@@ -20,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (PyTorch and TorchScript models)")
     p.add_argument("--out", help="write the predictions to this file instead of stdout")
+    add_class_args(p, "zero-shot among these class names (the run's own class texts where it has them)")
     p.set_defaults(func=run)
 
 
@@ -29,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1 or args.batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be at least 1")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, classes_from_args(args))
     records = predict(model, args.images, args.top_k, args.batch_size, args.workers)
     text = format_records(records, args.format)
     if args.out:

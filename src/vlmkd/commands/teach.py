@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vlmkd.cli import add_config_args
+from vlmkd.commands._shards import MERGE_HINT, add_shard_args, start_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--splits", default="train", help="comma-separated manifest splits (default: train)")
     p.add_argument("--device", default=None, help="device for the teacher (default: train.device)")
+    add_shard_args(p, "teach")
     p.set_defaults(func=run)
 
 
@@ -23,7 +25,6 @@ def run(args: argparse.Namespace) -> int:
     from vlmkd.data import build_manifests
     from vlmkd.errors import ConfigError
     from vlmkd.teachers import build_clip_teacher
-    from vlmkd.teachers.clip import resolve_device
     from vlmkd.teachers.features import cache_folder, teacher_features
 
     cfg = load_config(args.config, args.overrides)
@@ -38,11 +39,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"split {(unknown or [''])[0]!r} does not exist; choose from: {', '.join(manifests)}"
         )
-    device = resolve_device(args.device or cfg.train.device)
+    device, split = start_workers(args, args.device or cfg.train.device)
     teacher = build_clip_teacher(cfg.clip, device)
-    for split in splits:
-        feats = teacher_features(teacher, manifests[split], cfg.clip, device, cfg.data)
-        folder = cache_folder(teacher, manifests[split], cfg.clip)
-        shape = " x ".join(str(d) for d in feats.shape)
-        print(f"{split}: {shape} {cfg.clip.view} features of {teacher.teacher_id} -> {folder}")
+    merge = "only" if args.merge else "auto"
+    for name in splits:
+        feats = teacher_features(
+            teacher, manifests[name], cfg.clip, device, cfg.data, shard=args.shard, merge=merge
+        )
+        folder = cache_folder(teacher, manifests[name], cfg.clip)
+        if feats is None:
+            print(
+                f"{name}: shards of process {split.rank}/{split.world} written -> {folder} (merge: {MERGE_HINT})"
+            )
+        elif split.rank == 0 or not split.collective:
+            shape = " x ".join(str(d) for d in feats.shape)
+            print(f"{name}: {shape} {cfg.clip.view} features of {teacher.teacher_id} -> {folder}")
     return 0

@@ -41,7 +41,7 @@ def build_manifests(cfg: DataConfig) -> dict[str, Manifest]:
                 "leave data.split.num_novel at 0 and data.split.novel_classes unset"
             )
     elif cfg.split.num_novel or cfg.split.novel_classes:
-        base, novel = base_novel_split(full_train.num_classes, cfg.split)
+        base, novel = base_novel_split(full_train.num_classes, cfg.split, full_train.class_names)
         ood_train = full_train.relabel(novel, "ood")
         # X_ood: every image of the novel classes, the held-out training images and the test images alike
         out["ood"] = ood_train

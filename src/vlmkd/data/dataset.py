@@ -1,24 +1,38 @@
-"""A torch Dataset over a manifest, with per-sample extras (text embeddings, teacher outputs) and a bad-image policy."""
+"""A torch Dataset over a manifest, with per-sample extras (text embeddings, teacher outputs) and a bad-image policy.
+
+Bad images under data.on_bad_image=skip: an evaluation dataset drops the sample (counted by `collate_skip`); a
+training dataset (`replace_bad=True`) puts another readable sample in its place, the first readable one after it
+of the same class (then of any class), so every batch stays full. That keeps the number of steps the same on every
+rank, which a dropped sample would not (an all-unreadable batch on one rank would skip a step the others take,
+and DDP would hang). Either way the file is counted and named (`skipped`, `skipped_files` in the batch).
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vlmkd.data.images import open_image
+from vlmkd.data.images import open_image, sample_path
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+# A replacement is searched among this many samples after the bad one before the dataset is declared broken.
+MAX_REPLACEMENT_TRIES = 64
+BAD_KEY = "_bad_image"  # an item's field naming the unreadable file it stands for
 
 
 class ManifestDataset(Dataset):
     """Items are dicts: image, label, index (position in the manifest), plus one row of every extra array.
 
     `extras` maps a name to an array with one row per manifest sample (memory-mapped arrays are fine: only the
-    needed row is read). With on_bad_image="skip", an unreadable image yields None, which `collate_skip` drops
-    and counts.
+    needed row is read). With on_bad_image="skip", an unreadable image yields an item holding only its file name
+    (dropped and counted by `collate_skip`), or with `replace_bad` a readable stand-in (see the module docstring).
+    Decoding follows the transform's `decode_options` (set by `build_transform`: size cap, decode-time downscale).
     """
 
     def __init__(
@@ -27,15 +41,19 @@ class ManifestDataset(Dataset):
         transform=None,
         extras: dict[str, Any] | None = None,
         on_bad_image: str = "error",
+        replace_bad: bool = False,
     ):
         if on_bad_image not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
         self.manifest, self.transform, self.on_bad_image = manifest, transform, on_bad_image
+        self.replace_bad = replace_bad
+        self.decode_options = dict(getattr(transform, "decode_options", {}))
         self.extras = dict(extras or {})
         self.seed: int | None = (
             None  # set by the trainer: augmentation becomes a function of (seed, epoch, index)
         )
         self.epoch = 0
+        self._warned: set[int] = set()
         for name, arr in self.extras.items():
             if len(arr) != len(manifest):
                 raise DataError(
@@ -45,17 +63,50 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         try:
-            img = open_image(self.manifest, i, as_array=getattr(self.transform, "accepts_arrays", False))
-        except DataError:
-            if self.on_bad_image == "skip":
-                return None
-            raise
-        item = {"image": self._transform(img, i), "label": int(self.manifest.labels[i]), "index": i}
-        for name, arr in self.extras.items():
-            item[name] = torch.from_numpy(np.asarray(arr[i], dtype=np.float32))
+            return self._item(i, self._open(i), i)
+        except DataError as e:
+            if self.on_bad_image != "skip":
+                raise
+            self._warn(i, e)
+        bad = {BAD_KEY: sample_path(self.manifest, i)}
+        if not self.replace_bad:
+            return bad
+        j, img = self._replacement(i)
+        return {**self._item(j, img, i), **bad}
+
+    def _open(self, i: int):
+        as_array = getattr(self.transform, "accepts_arrays", False)
+        return open_image(self.manifest, i, as_array, **self.decode_options)
+
+    def _item(self, j: int, img, aug_index: int) -> dict[str, Any]:
+        """Sample j's item; augmentation drawn for `aug_index` (a stand-in gets the draw of the sample it replaces)."""
+        item = {"image": self._transform(img, aug_index), "label": int(self.manifest.labels[j]), "index": j}
+        for name, arr in self.extras.items():  # row sources with `row(i, epoch)` choose per (seed, epoch, i)
+            row = arr.row(j, self.epoch) if hasattr(arr, "row") else arr[j]
+            item[name] = torch.from_numpy(np.asarray(row, dtype=np.float32))
         return item
+
+    def _replacement(self, i: int):
+        """(j, image) of the first readable sample after i: same class first, then any class (deterministic)."""
+        labels = self.manifest.labels
+        after = np.roll(np.arange(len(labels)), -i)[1:]
+        same = labels[after] == labels[i]
+        for j in np.concatenate([after[same], after[~same]])[:MAX_REPLACEMENT_TRIES]:
+            try:
+                return int(j), self._open(int(j))
+            except DataError as e:
+                self._warn(int(j), e)
+        raise DataError(
+            f"image {sample_path(self.manifest, i)!r} and the {MAX_REPLACEMENT_TRIES} samples after it are all "
+            "unreadable; check data.root and the files"
+        )
+
+    def _warn(self, i: int, e: DataError) -> None:
+        if i not in self._warned:  # once per file and process: an epoch loop would repeat it otherwise
+            self._warned.add(i)
+            log.warning("skipping unreadable image (data.on_bad_image=skip): %s", e)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -78,7 +129,11 @@ class ManifestDataset(Dataset):
 
 
 def collate_skip(batch: list[dict | None]) -> dict[str, Any]:
-    kept = [b for b in batch if b is not None]
-    out = default_collate(kept) if kept else {}
-    out["skipped"] = len(batch) - len(kept)
+    """Collate the readable items; "skipped" counts the unreadable ones (dropped, replaced or None) and
+    "skipped_files" names those the dataset named."""
+    kept = [b for b in batch if b is not None and "image" in b]
+    names = [b[BAD_KEY] for b in batch if b is not None and BAD_KEY in b]
+    out = default_collate([{k: v for k, v in b.items() if k != BAD_KEY} for b in kept]) if kept else {}
+    out["skipped"] = len(batch) - len(kept) + sum(BAD_KEY in b for b in kept)
+    out["skipped_files"] = names
     return out

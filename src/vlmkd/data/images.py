@@ -1,35 +1,38 @@
-"""Opening one sample's image, whatever the manifest's backing (files under a root, or an array source)."""
+"""Opening one sample's image, whatever the manifest's backing (files under a root, or an array source).
+
+Files go through `vlmkd.data.decode.load_image` (the one image-file loader: size cap, EXIF orientation, every
+Pillow mode, downscale); arrays come from `vlmkd.data.arrays`. Path helpers are re-exported from
+`vlmkd.data.paths` for the modules that import them from here.
+"""
 
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from vlmkd.data.arrays import load_array_source
+from vlmkd.data.decode import DEFAULT_MAX_PIXELS, check_image, load_image
 from vlmkd.data.manifest import Manifest
+from vlmkd.data.paths import IMAGE_EXTENSIONS, confined_path, is_image_file
 from vlmkd.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def confined_path(root: str | Path, rel: str) -> Path:
-    """Resolve `rel` under `root`, refusing paths that escape it (absolute paths, `..`, symlinked escapes)."""
-    root_r = Path(root).resolve()
-    p = (root_r / rel).resolve()
-    if p != root_r and root_r not in p.parents:
-        raise DataError(
-            f"path {rel!r} escapes the dataset root {str(root)!r}; list files must name files under the root"
-        )
-    return p
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "array_source",
+    "check_image",
+    "confined_path",
+    "is_image_file",
+    "load_image",
+    "open_image",
+    "sample_path",
+    "unreadable_files",
+]
 
 
 @functools.lru_cache(maxsize=8)
 def _array_source(fmt: str, root: str, split: str) -> np.ndarray:
-    from vlmkd.data.formats import load_array_source
-
     return load_array_source(fmt, root, split)
 
 
@@ -38,30 +41,58 @@ def array_source(manifest: Manifest) -> np.ndarray:
     return _array_source(s["format"], s.get("root", manifest.root), s.get("array_split", manifest.split))
 
 
-def open_image(manifest: Manifest, i: int, as_array: bool = False) -> Image.Image | np.ndarray:
-    """The i-th sample as a PIL image (RGB or L). Corrupt or missing files raise DataError naming the file.
+def open_image(
+    manifest: Manifest,
+    i: int,
+    as_array: bool = False,
+    *,
+    max_side: int | None = None,
+    shorter_side: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image | np.ndarray:
+    """The i-th sample as a PIL image (RGB or L). Unreadable files raise DataError naming the file.
 
     as_array: array-backed datasets (CIFAR, Fashion-MNIST) return their uint8 H x W (x 3) row as it is, which
-    transforms that accept arrays use to skip a PIL round trip.
+    transforms that accept arrays use to skip a PIL round trip. max_side / shorter_side / max_pixels: see
+    `load_image` (they apply to files; array rows are small and already decoded).
     """
     if manifest.indices is not None:
         arr = np.ascontiguousarray(array_source(manifest)[int(manifest.indices[i])])
         return arr if as_array else Image.fromarray(arr)
     path = confined_path(manifest.root, manifest.paths[i])
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB") if im.mode not in ("RGB", "L") else im.copy()
-    except FileNotFoundError:
-        raise DataError(
-            f"image {str(path)!r} does not exist; fix the list file or the dataset root"
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(
-            f"image {str(path)!r} is corrupt or truncated ({type(e).__name__}); "
-            "remove it or set data.on_bad_image=skip"
-        ) from None
+    return load_image(path, max_side=max_side, shorter_side=shorter_side, max_pixels=max_pixels)
 
 
-def is_image_file(name: str | os.PathLike) -> bool:
-    return str(name).lower().endswith(IMAGE_EXTENSIONS)
+def sample_path(manifest: Manifest, i: int) -> str:
+    """How a report names sample i: its file path under the root, else its id."""
+    return manifest.paths[i] if manifest.paths is not None else str(manifest.ids[i])
+
+
+def unreadable_files(
+    manifests: dict[str, Manifest], max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: bool = False
+) -> dict[str, str]:
+    """{path relative to the root: one-line reason} for every file of the manifests that is not a readable image.
+
+    Header-level check by default (cheap: size cap, format identified); `decode` decodes every file too (at
+    reduced scale where the format allows), which also finds truncated pixel data. Files are checked in threads:
+    on network storage the time is spent waiting for reads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vlmkd.utils.progress import progress
+
+    todo = {}
+    for m in manifests.values():
+        for rel in m.paths or ():
+            todo.setdefault(rel, m.root)
+
+    def reason(item: tuple[str, str]) -> str | None:
+        try:
+            check_image(confined_path(item[1], item[0]), max_pixels, decode=decode)
+        except DataError as e:
+            return str(e)
+        return None
+
+    with ThreadPoolExecutor(8) as pool:
+        found = progress(pool.map(reason, todo.items()), total=len(todo), desc="checking images", unit="file")
+        return {rel: r for rel, r in zip(todo, found) if r is not None}

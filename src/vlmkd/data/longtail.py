@@ -99,10 +99,34 @@ def bucket_of_counts(counts: np.ndarray, many_threshold: int = 100, few_threshol
     return ["many" if n > many_threshold else "few" if n < few_threshold else "medium" for n in counts]
 
 
-def base_novel_split(num_classes: int, cfg: SplitConfig) -> tuple[list[int], list[int]]:
-    """Seeded (base, novel) class ids; an explicit `novel_classes` list wins."""
+def novel_class_ids(entries: list, class_names: list[str] | None) -> list[int]:
+    """data.split.novel_classes as class ids: integers are ids, strings are class names (did-you-mean on a typo)."""
+    from vlmkd.registry import suggest
+
+    out = []
+    names = list(class_names or [])
+    folded = {" ".join(n.replace("_", " ").split()).lower(): i for i, n in enumerate(names)}
+    for e in entries:
+        if isinstance(e, int):
+            out.append(e)
+            continue
+        key = " ".join(str(e).replace("_", " ").split()).lower()
+        if str(e) in names:
+            out.append(names.index(str(e)))
+        elif key in folded:
+            out.append(folded[key])
+        else:
+            hint = suggest(str(e), names) or f" (classes: {', '.join(names[:12])})"
+            raise ConfigError(f"data.split.novel_classes: no class named {e!r}{hint}")
+    return out
+
+
+def base_novel_split(
+    num_classes: int, cfg: SplitConfig, class_names: list[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """Seeded (base, novel) class ids; an explicit `novel_classes` list (ids or names) wins."""
     if cfg.novel_classes:
-        novel = sorted(int(c) for c in cfg.novel_classes)
+        novel = sorted(set(novel_class_ids(cfg.novel_classes, class_names)))
         if any(c < 0 or c >= num_classes for c in novel):
             raise ConfigError(f"data.split.novel_classes must lie in 0..{num_classes - 1}")
     else:

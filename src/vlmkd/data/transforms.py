@@ -98,7 +98,13 @@ class SmallImageTransform:
 def build_transform(cfg: DataConfig, train: bool):
     pipeline = _pil_transform(cfg, train)
     if cfg.image_size <= 64 and (not train or cfg.augment in ("basic", "none")):
-        return SmallImageTransform(cfg, train, pipeline)
+        pipeline = SmallImageTransform(cfg, train, pipeline)
+    # How ManifestDataset decodes files for this transform: the pixel cap, and big images decoded at no more
+    # than 4x the size the transform keeps (JPEG at reduced scale), not at full size every epoch.
+    pipeline.decode_options = {
+        "shorter_side": 4 * max(cfg.image_size, _eval_resize(cfg)),
+        "max_pixels": cfg.max_image_pixels or None,
+    }
     return pipeline
 
 

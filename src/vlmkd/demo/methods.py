@@ -37,5 +37,7 @@ OOD_METHODS: dict[str, list[str]] = {
     "vl_cls+mse": OOD_BASE + MSE,
     "vl_cls+im_cst": OOD_BASE + IM_CST,
     "vl_cls+im_cst+vlprox": OOD_BASE + IM_CST + VLPROX,
+    # CoOp: the class texts' context is learned through the frozen MiniLM tower (vlmkd.text.coop)
+    "vl_cls+im_cst+coop": OOD_BASE + IM_CST + ["text.coop.enabled=true"],
 }
 PLAIN_TEXT_METHODS = {"vl_cls_plain"}

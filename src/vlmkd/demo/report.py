@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlmkd.eval.generalized import generalized_table_lines
+
 
 def _p(x: Any, s: Any = None) -> str:
     if x is None:
@@ -48,6 +50,8 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
         ]
         for m, r in summary["ood"].items():
             lines.append(f"| {m} | " + " | ".join(_p(r[c], r["std"].get(c)) for c in OOD_COLS) + " |")
+        lines += generalized_table_lines(summary["ood"])  # computed in vlmkd.eval.generalized
+    lines += combined_lines(summary)
     zs = summary["teacher"]["zero_shot"]
     lines += [
         "",
@@ -56,6 +60,31 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
         f"plain class names {_p(zs['plain'])}, enriched class sentences {_p(zs['enriched'])}, "
         f"novel classes only (enriched) {_p(zs['novel_classes_enriched'])}",
     ]
+    return lines
+
+
+def combined_lines(summary: dict[str, Any]) -> list[str]:
+    rows = summary.get("combined") or {}
+    if not rows:
+        return []
+    from vlmkd.demo.combined import COMBINED_COLS
+
+    novel = ", ".join(summary["ood_setup"]["novel_classes"])
+    lines = [
+        "",
+        "## Combined: one student, long-tailed base classes + zero-shot novel classes (test, %)",
+        "",
+        f"Trained on the long-tailed student set without the novel classes ({novel}): base columns are accuracy "
+        "on the base test images (Many / Medium / Few by training count, tail = the 3 rarest base classes), "
+        "novel columns mean per-class accuracy on the novel test images. The combined student and the OOD "
+        "specialist are scored through their embedding head; the long-tail specialist has no zero-shot head.",
+        "",
+        "| student | " + " | ".join(COMBINED_COLS) + " | val overall |",
+        "|---" * (len(COMBINED_COLS) + 2) + "|",
+    ]
+    for m, r in rows.items():
+        cells = [_p(r[c], r["std"].get(c)) for c in [*COMBINED_COLS, "val_overall"]]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -4,10 +4,15 @@ Loaded with `AutoProcessor` and `AutoModelForImageTextToText` (falling back to `
 transformers versions that have it). Prompts go through the processor's chat template when it has one
 (LLaVA, Qwen2-VL, SmolVLM...), else straight to the processor (BLIP-style captioners, where an empty prompt means
 unconditional captioning). Batches are left-padded for decoder-only models. Out-of-memory batches are split.
+
+Sampling (do_sample) does not depend on how images were batched: `PerRowSampler` draws each row's token with the
+Gumbel-max trick from the row's own generator, seeded by (seed, image content key, k) (`keys.sample_seed`), and
+hands `generate` a one-hot distribution, so its own multinomial draw (global RNG) has no say.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -21,6 +26,7 @@ from vlmkd.describe.base import (
     failed,
     fill_prompt,
 )
+from vlmkd.describe.keys import sample_seed
 from vlmkd.errors import BackendError, ConfigError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -67,6 +73,26 @@ def load_vlm(model: str, revision: str | None, dtype: torch.dtype, trust_remote_
     )
 
 
+class PerRowSampler:
+    """A logits processor that samples row j from softmax(scores / temperature) (top-p) with generator j."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature, self.top_p = max(float(temperature), 1e-6), float(top_p)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) >= self.top_p  # keep the smallest set reaching top_p
+            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        u = torch.stack([torch.rand(logits.shape[1], generator=g) for g in self.gens]).to(logits.device)
+        gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+        choice = (logits + gumbel).argmax(-1, keepdim=True)
+        return torch.full_like(scores, float("-inf")).scatter(1, choice, 0.0)
+
+
 @DESCRIBERS.register("transformers")
 class TransformersDescriber:
     backend = "transformers"
@@ -102,6 +128,7 @@ class TransformersDescriber:
             "revision": self.cfg.revision,
             "prompt": self.template,
             "chat_template": self.has_chat_template,
+            "max_side": self.cfg.max_side,
             "decoding": decoding_of(self.cfg),
         }
 
@@ -112,16 +139,19 @@ class TransformersDescriber:
         messages = [{"role": "user", "content": content}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def describe(self, images, class_names, n, on_done=None):
+    def describe(self, images, class_names, n, on_done=None, keys=None):
         prompts = [fill_prompt(self.template, c) for c in class_names]
-        out = self._generate(images, prompts, n)
+        if keys is None:  # called directly: key the sampling by the pixels
+            keys = [hashlib.sha256(im.tobytes()).digest() for im in images]
+        seeds = [[sample_seed(self.cfg.seed, key, k) for k in range(n)] for key in keys]
+        out = self._generate(images, prompts, n, seeds)
         if on_done:
             on_done(len(images))
         return out
 
-    def _generate(self, images: list[Image.Image], prompts: list[str], n: int) -> list[list[Description]]:
+    def _generate(self, images: list[Image.Image], prompts: list[str], n: int, seeds) -> list[list[Description]]:
         try:
-            return self._generate_batch(images, prompts, n)
+            return self._generate_batch(images, prompts, n, seeds)
         except torch.cuda.OutOfMemoryError:
             if len(images) == 1:
                 raise BackendError(
@@ -129,10 +159,12 @@ class TransformersDescriber:
                 ) from None
             torch.cuda.empty_cache()
             h = len(images) // 2
-            return self._generate(images[:h], prompts[:h], n) + self._generate(images[h:], prompts[h:], n)
+            return self._generate(images[:h], prompts[:h], n, seeds[:h]) + self._generate(
+                images[h:], prompts[h:], n, seeds[h:]
+            )
 
     @torch.no_grad()
-    def _generate_batch(self, images, prompts, n):
+    def _generate_batch(self, images, prompts, n, seeds):
         images = [im.convert("RGB") for im in images]
         kw: dict[str, Any] = {"images": images, "return_tensors": "pt"}
         if any(prompts):
@@ -145,9 +177,9 @@ class TransformersDescriber:
             "do_sample": bool(self.cfg.do_sample),
             "num_return_sequences": n,
         }
-        if self.cfg.do_sample:
-            gen.update(temperature=float(self.cfg.temperature), top_p=float(self.cfg.top_p))
-            torch.manual_seed(int(self.cfg.seed))
+        if self.cfg.do_sample:  # rows are image-major (i * n + k), as generate expands them
+            sampler = PerRowSampler([s for row in seeds for s in row], self.cfg.temperature, self.cfg.top_p)
+            gen.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=[sampler])
         out = self.model.generate(**inputs, **gen)
         ids = inputs.get("input_ids")
         prompt_tokens = [-1] * len(images)

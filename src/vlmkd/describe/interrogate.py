@@ -7,11 +7,17 @@ every phrase of a vocabulary; the best phrases are composed into a sentence:
 Vocabulary files: one phrase per line; `# comments`; optional `[category]` headers. With categories, at most one
 phrase per category is used (so a description does not list three colours). Description k > 0 (when
 `n_descriptions > 1`) samples phrases from the best 3 * top_k by their softmax scores, seeded by k.
+
+Label-free descriptions (the demo's default): a prompt without the `{class_name}` slot, so the text says what the
+teacher sees, not the label. `vocabulary: fashion_rich` adds appearance phrases cut from the enriched class
+sentences (the subject clause and every class name removed) to the fashion attribute list.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,13 +30,41 @@ from vlmkd.describe.base import DESCRIBERS, Description, fill_prompt
 from vlmkd.errors import ConfigError
 
 DEFAULT_HEAD = "a photo of a {class_name}"
-BUNDLED = {"general": "attributes_general.txt", "fashion": "attributes_fashion.txt"}
+BUNDLED = {"general": "attributes_general.txt", "fashion": "attributes_fashion.txt", "fashion_rich": None}
+SENTENCES = "fashion_mnist_sentences.json"
+# a sentence's subject clause ("A sandal is a", "Trousers look like a") names the class: cut up to its verb
+_SUBJECT = re.compile(r"^.*?\b(is|are|has|have|looks like|look like)\b\s*")
+_SPLIT = re.compile(r",|;|\bwith\b|\band\b|\bthat\b|\bwhose\b|\bmade of\b|\bheld\b")
+
+
+def sentence_phrases(sentences: dict[str, list[str]]) -> list[str]:
+    """Appearance phrases from class sentences, none naming a class ("a round neckline", "thin straps")."""
+    names = {w for c in sentences for w in re.split(r"[/ ]", c.lower()) if len(w) > 2 and w != "ankle"}
+    class_word = re.compile(r"\b(" + "|".join(sorted(map(re.escape, names))) + r")s?\b")
+    out: list[str] = []
+    for sents in sentences.values():
+        for sent in sents:
+            for frag in _SPLIT.split(_SUBJECT.sub("", sent.lower().rstrip(". "), count=1)):
+                frag = frag.strip(" .")
+                if 2 <= len(frag.split()) <= 7 and not class_word.search(frag) and frag not in out:
+                    out.append(frag)
+    return out
+
+
+def _bundled_text(name: str) -> str:
+    read = resources.files("vlmkd.assets").joinpath
+    if BUNDLED[name]:
+        return read(BUNDLED[name]).read_text("utf-8")
+    sentences = json.loads(read(SENTENCES).read_text("utf-8"))
+    sentences.pop("_about", None)
+    extra = "\n".join(["[]", *sentence_phrases(sentences)])  # uncategorised: several may go together
+    return read(BUNDLED["fashion"]).read_text("utf-8") + "\n" + extra
 
 
 def read_vocabulary(path: str | None) -> tuple[list[str], list[str]]:
     """(phrases, category of each phrase). `path` None or a bundled name ("general", "fashion") or a file."""
     if path is None or path in BUNDLED:
-        text = resources.files("vlmkd.assets").joinpath(BUNDLED[path or "general"]).read_text("utf-8")
+        text = _bundled_text(path or "general")
     else:
         p = Path(path)
         if not p.is_file():

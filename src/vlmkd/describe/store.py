@@ -1,31 +1,39 @@
-"""The description store: Parquet shards with provenance, resumable, mergeable across processes.
+"""The description store: a row log keyed by image content, and per-manifest views of it.
 
-Layout (one folder per key, so a changed manifest, model, revision, prompt or decoding never reuses old text)::
+Layout under `describe.output`::
 
-    <describe.output>/<key[:16]>/meta.json                 key + what it was computed from
-    <describe.output>/<key[:16]>/shards/00003-of-00010.parquet   manifest rows [3*S, 4*S), written atomically
-    <describe.output>/<key[:16]>/descriptions.parquet      the merged table (manifest order, one row per (id, k))
-    <describe.output>/LATEST                               {"key": ..., "folder": ...} of the last merged store
+    rows-<id[:16]>/identity.json         the describer (model, revision, prompt, decoding) and n of these rows
+    rows-<id[:16]>/parts/*.parquet       the row log: one part per `shard_size` images finished, written atomically
+                                         by any process; a kill loses at most the part in progress
+    <key[:16]>/descriptions.parquet      a view: one manifest's rows in manifest order (sample_id, index, k, ...)
+    <key[:16]>/meta.json                 written last, once every (image, k) of the manifest has a final row
+    image_hashes/<root>/*.parquet        cached file hashes (`keys.py`)
+    LATEST                               {"key", "folder"} of the last complete view
 
-Columns: sample_id, index (manifest row), k, text, status ("ok"/"failed"), error, model_id, revision, prompt,
-decoding (JSON), prompt_tokens, completion_tokens, created (UTC ISO time).
-`DescriptionStore(path)` accepts the keyed folder or its parent (then it follows LATEST).
+A row is keyed by (content key of the image, k): adding or removing files re-describes only the new content; a
+file that cannot be decoded is a "skipped" row (final, counted, named), a failed request a "failed" row (retried
+by the next run). When the log holds several rows for one (image, k), "ok" beats "skipped" beats "failed", and
+the oldest wins among equals, so a rerun never yields a duplicate. Keys are numpy `S32`/`S36` arrays and tables
+stay Arrow columns: a store of a million rows opens without a Python object per row.
+`DescriptionStore(path)` reads a view (the keyed folder, or a parent with LATEST).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vlmkd.describe.keys import MISSING, _arrow_keys, _fixed
 from vlmkd.errors import ArtifactError
 from vlmkd.utils.io import atomic_path, read_json, write_json
 
-COLUMNS = [
-    "sample_id",
-    "index",
+ROW_COLUMNS = [
+    "image_key",
     "k",
     "text",
     "status",
@@ -37,42 +45,191 @@ COLUMNS = [
     "prompt_tokens",
     "completion_tokens",
     "created",
+    "identical",
 ]
 MERGED = "descriptions.parquet"
 POINTER = "LATEST"
+_RANK = {"ok": 0, "skipped": 1, "failed": 2}
+_COMPACT_PARTS = 256
 
 
-def _schema():
+def _schema(view: bool = False):
     import pyarrow as pa
 
     s, i = pa.string(), pa.int64()
-    types = [s, i, pa.int32(), s, s, s, s, s, s, s, i, i, s]
-    return pa.schema(list(zip(COLUMNS, types)))
+    types = [pa.binary(32), pa.int32(), s, s, s, s, s, s, s, i, i, s, pa.bool_()]
+    fields = list(zip(ROW_COLUMNS, types))
+    return pa.schema(([("sample_id", s), ("index", i)] if view else []) + fields)
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write rows (dicts with COLUMNS) as one Parquet file, atomically."""
-    import pyarrow as pa
+def _write(path: Path, table) -> None:
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=_schema())
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
+def write_rows(path: Path, rows: list[dict[str, Any]], view: bool = False) -> None:
+    """Write rows (dicts with the columns of the log, or of a view) as one Parquet file, atomically."""
+    import pyarrow as pa
+
+    schema = _schema(view)
+    _write(path, pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema))
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
+    """A Parquet file as a list of dicts (small files and tests; training reads columns)."""
+    return _read(path).to_pylist()
+
+
+def _read(path: Path, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:  # noqa: BLE001 - any unreadable shard is reported the same way
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ArtifactError(f"{str(path)!r} is unreadable ({type(e).__name__}); delete it and rerun") from None
+
+
+def combined(keys: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """(image key, k) as one sortable S36 value."""
+    keys = np.ascontiguousarray(keys, dtype="S32")
+    out = np.zeros((len(keys), 36), dtype=np.uint8)
+    out[:, :32] = keys.view(np.uint8).reshape(-1, 32)
+    out[:, 32:] = np.asarray(ks, dtype=">u4").view(np.uint8).reshape(-1, 4)
+    return out.view("S36").ravel()
+
+
+class RowLog:
+    """The append-only row log of one describer identity."""
+
+    def __init__(self, folder: Path, identity: dict[str, Any] | None = None, n: int | None = None):
+        self.folder = Path(folder)
+        if identity is not None:
+            if not (self.folder / "identity.json").is_file():
+                write_json(self.folder / "identity.json", {"describer": identity, "n_descriptions": n})
+        self._final = None
+
+    def parts(self) -> list[Path]:
+        d = self.folder / "parts"
+        return sorted(d.glob("*.parquet")) if d.is_dir() else []
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+            write_rows(self.folder / "parts" / name, rows)
+            self._final = None
+
+    def _all(self):
+        import pyarrow as pa
+
+        tables = []
+        for p in self.parts():
+            try:
+                tables.append(_read(p))
+            except FileNotFoundError:  # compacted away by another process after we listed it
+                continue
+        return pa.concat_tables(tables) if tables else _schema().empty_table()
+
+    def final(self):
+        """(sorted S36 keys of (image, k), the final row of each, in that order) as an Arrow table."""
+        if self._final is None:
+            t = self._all()
+            ck = combined(_fixed(t["image_key"]), t["k"].to_numpy())
+            status = t["status"].to_numpy(zero_copy_only=False)
+            rank = np.vectorize(_RANK.get, otypes=[np.int8])(status) if len(status) else np.zeros(0, np.int8)
+            order = np.lexsort((np.arange(len(ck)), rank, ck))
+            first = np.ones(len(order), bool)
+            first[1:] = ck[order][1:] != ck[order][:-1]
+            sel = order[first]
+            self._final = (ck[sel], t.take(sel))
+        return self._final
+
+    def lookup(self, keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row of the final table for each (image, k) (len(keys) x n) and whether it exists."""
+        ck_final, _ = self.final()
+        q = combined(np.repeat(keys, n), np.tile(np.arange(n), len(keys)))
+        pos = np.searchsorted(ck_final, q).clip(0, max(len(ck_final) - 1, 0))
+        found = (ck_final[pos] == q) if len(ck_final) else np.zeros(len(q), bool)
+        return pos.reshape(len(keys), n), found.reshape(len(keys), n)
+
+    def done(self, keys: np.ndarray, n: int) -> np.ndarray:
+        """Per image: every k has an "ok" or "skipped" row (nothing to describe again)."""
+        pos, found = self.lookup(keys, n)
+        _, table = self.final()
+        if not len(table):
+            return np.zeros(len(keys), bool)
+        final_status = table["status"].to_numpy(zero_copy_only=False)[pos] != "failed"
+        return (found & final_status).all(1)
+
+    def compact(self) -> None:
+        """Many small parts -> one (the final rows); only the parts read are removed."""
+        parts = self.parts()
+        if len(parts) <= _COMPACT_PARTS:
+            return
+        self._final = None
+        _, table = self.final()
+        _write(self.folder / "parts" / f"{time.time_ns():020d}-compact.parquet", table)
+        for p in parts:
+            p.unlink(missing_ok=True)
+
+
+def write_view(folder: Path, manifest: Any, keys: np.ndarray, log: RowLog, meta: dict[str, Any]) -> dict[str, int]:
+    """The manifest's rows in manifest order -> `folder`; returns counts. Raises when rows are still missing."""
+    import pyarrow as pa
+
+    n = int(meta["n_descriptions"])
+    pos, found = log.lookup(keys, n)
+    unreadable = keys == MISSING  # a file that could not even be read: skipped without a log row
+    found |= unreadable[:, None]
+    if not found.all():
         raise ArtifactError(
-            f"shard {str(path)!r} is unreadable ({type(e).__name__}); delete it and rerun"
-        ) from None
+            f"{int((~found).sum())} descriptions are missing from the row log; run the remaining "
+            "`vlmkd describe CONFIG --shard I/N` processes (or rerun `vlmkd describe`)"
+        )
+    _, final = log.final()
+    if len(final):
+        table = final.take(pa.array(pos.ravel()))
+    else:  # nothing in the log: every file was unreadable
+        table = pa.table({f.name: pa.nulls(pos.size, f.type) for f in _schema()})
+    if unreadable.any():
+        table = _mark_unreadable(table, manifest, np.repeat(unreadable, n), n)
+    idx = np.repeat(np.arange(len(manifest)), n)
+    ids = pa.array(manifest.ids, pa.string()).take(pa.array(idx))
+    table = table.set_column(1, "k", pa.array(np.tile(np.arange(n), len(manifest)), pa.int32()))
+    view = pa.table([ids, pa.array(idx), *table.columns], schema=_schema(view=True))
+    _write(folder / MERGED, view)
+    status = view["status"].to_numpy(zero_copy_only=False)
+    stats = {s: int((status == s).sum()) for s in ("ok", "failed", "skipped")}
+    stats["identical"] = int(np.asarray(view["identical"].to_numpy(zero_copy_only=False), bool).sum())
+    skipped = np.nonzero(status == "skipped")[0][:20]
+    names = [f"{manifest.ids[idx[j]]}: {view['error'][int(j)].as_py()}" for j in skipped[::n]]
+    write_json(folder / "meta.json", {**meta, "num_rows": len(view), **stats, "skipped_files": names, "merged": True})
+    set_pointer(folder.parent, meta["key"])
+    return stats
 
 
-def shard_name(s: int, num_shards: int) -> str:
-    return f"{s:05d}-of-{num_shards:05d}.parquet"
+def _mark_unreadable(table, manifest: Any, mask: np.ndarray, n: int):
+    """Rows of files that could not be read (no content key): status "skipped", the error names the file."""
+    import pyarrow as pa
+
+    rows = np.nonzero(mask)[0]
+    where = [manifest.paths[r // n] if manifest.paths is not None else manifest.ids[r // n] for r in rows]
+    status = table["status"].to_numpy(zero_copy_only=False).copy()
+    error = table["error"].to_numpy(zero_copy_only=False).copy()
+    text = table["text"].to_numpy(zero_copy_only=False).copy()
+    status[rows], text[rows] = "skipped", None
+    identical = np.asarray(table["identical"].to_numpy(zero_copy_only=False), dtype=object)
+    identical[rows] = False
+    error[rows] = [f"image {w!r} is missing or unreadable" for w in where]
+    keys = _fixed(table["image_key"]).copy()
+    keys[rows] = MISSING
+    for name, col, typ in (("status", status, pa.string()), ("error", error, pa.string()), ("text", text, pa.string()),
+                           ("identical", identical, pa.bool_())):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(col, typ))
+    return table.set_column(0, "image_key", _arrow_keys(keys))
 
 
 def set_pointer(parent: Path, key: str) -> None:
@@ -95,6 +252,8 @@ def resolve_store(path: str | Path, marker: str = "meta.json") -> Path:
 
 
 class DescriptionStore:
+    """One manifest's descriptions (a view), in manifest order."""
+
     def __init__(self, path: str | Path):
         self.path = resolve_store(path)
         self.meta = read_json(self.path / "meta.json")
@@ -104,23 +263,35 @@ class DescriptionStore:
     def merged(self) -> bool:
         return (self.path / MERGED).is_file()
 
-    def load(self, include_failed: bool = False) -> dict[str, Any]:
-        """The merged table as columns: sample_id (list), index (int64), k (int32), text (list), status (list)."""
-        import pyarrow.parquet as pq
-
+    def table(self, columns: list[str] | None = None):
+        """The view as an Arrow table (columns, no Python object per row)."""
         if not self.merged:
             raise ArtifactError(
-                f"descriptions in {str(self.path)!r} are not merged; finish all shards, then run "
+                f"descriptions in {str(self.path)!r} are not complete; finish all processes, then run "
                 "`vlmkd describe CONFIG --merge`"
             )
-        t = pq.read_table(self.path / MERGED, columns=["sample_id", "index", "k", "text", "status"])
-        cols = t.to_pydict()
+        return _read(self.path / MERGED, columns)
+
+    def load(self, include_failed: bool = False) -> dict[str, Any]:
+        """Columns: sample_id (list), index (int64), k (int32), text (list), status (list); "ok" rows only unless
+        include_failed (then failed and skipped rows too)."""
+        import pyarrow.compute as pc
+
+        t = self.table(["sample_id", "index", "k", "text", "status"])
         if not include_failed:
-            keep = [i for i, s in enumerate(cols["status"]) if s == "ok"]
-            cols = {c: [v[i] for i in keep] for c, v in cols.items()}
-        cols["index"] = np.asarray(cols["index"], dtype=np.int64)
-        cols["k"] = np.asarray(cols["k"], dtype=np.int32)
+            t = t.filter(pc.equal(t["status"], "ok"))
+        cols = {c: t[c].to_pylist() for c in ("sample_id", "text", "status")}
+        cols["index"] = t["index"].to_numpy().astype(np.int64)
+        cols["k"] = t["k"].to_numpy().astype(np.int32)
         return cols
+
+    def skipped_mask(self) -> np.ndarray:
+        """Per manifest row: true where the image was skipped as unreadable (data.on_bad_image=skip)."""
+        t = self.table(["index", "status"])
+        out = np.zeros(int(self.meta.get("num_samples", 0)), bool)
+        skipped = t["status"].to_numpy(zero_copy_only=False) == "skipped"
+        out[t["index"].to_numpy()[skipped]] = True
+        return out
 
     def texts_by_id(self) -> dict[str, list[str]]:
         """sample id -> its successful descriptions, ordered by k."""
@@ -132,43 +303,3 @@ class DescriptionStore:
 
     def __len__(self) -> int:
         return int(self.meta.get("num_rows", 0))
-
-
-def merge_shards(folder: Path, ids: list[str], n: int) -> dict[str, int]:
-    """Check every (sample, k) is present exactly once across the shards; write the merged table in manifest order."""
-    meta = read_json(folder / "meta.json")
-    num_shards = int(meta["num_shards"])
-    missing = [s for s in range(num_shards) if not (folder / "shards" / shard_name(s, num_shards)).is_file()]
-    if missing:
-        raise ArtifactError(
-            f"{len(missing)} of {num_shards} description shards are missing (first: {missing[0]}); "
-            "run the remaining `vlmkd describe CONFIG --shard I/N` processes, then --merge"
-        )
-    rows: list[dict[str, Any]] = []
-    for s in range(num_shards):
-        rows.extend(read_rows(folder / "shards" / shard_name(s, num_shards)))
-    seen: set[tuple[int, int]] = set()
-    for r in rows:
-        key = (int(r["index"]), int(r["k"]))
-        if key in seen:
-            raise ArtifactError(
-                f"duplicate description for sample {r['sample_id']!r} k={r['k']}; delete its shard"
-            )
-        if not (0 <= key[0] < len(ids)) or ids[key[0]] != r["sample_id"] or not (0 <= key[1] < n):
-            raise ArtifactError(f"shard row {r['sample_id']!r} k={r['k']} does not match the manifest; rerun")
-        seen.add(key)
-    if len(seen) != len(ids) * n:
-        raise ArtifactError(
-            f"{len(ids) * n - len(seen)} descriptions are missing from the shards; rerun `vlmkd describe`"
-        )
-    rows.sort(key=lambda r: (r["index"], r["k"]))
-    write_rows(folder / MERGED, rows)
-    failed = sum(r["status"] != "ok" for r in rows)
-    stats = {"num_rows": len(rows), "ok": len(rows) - failed, "failed": failed}
-    write_json(folder / "meta.json", {**meta, **stats, "merged": True})
-    set_pointer(folder.parent, meta["key"])
-    return stats
-
-
-def decoding_json(identity: dict[str, Any]) -> str:
-    return json.dumps(identity.get("decoding", {}), sort_keys=True)

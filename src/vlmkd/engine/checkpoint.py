@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -14,7 +15,14 @@ from vlmkd.utils.io import atomic_path, read_json, write_json
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    """Every global RNG a training step may draw from (dropout, sampled descriptions, numpy in user code)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        # numpy's MT19937 state as tensors and ints, so the checkpoint stays loadable with weights_only=True
+        "numpy": [torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2])],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -23,6 +31,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
+    if "numpy" in state:  # absent in checkpoints written before numpy's state was saved
+        keys, pos = state["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, 0, 0.0))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

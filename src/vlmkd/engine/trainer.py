@@ -23,9 +23,9 @@ from vlmkd.engine.checkpoint import (
     unwrap,
 )
 from vlmkd.engine.optim import build_optimizer, build_scheduler
+from vlmkd.engine.selection import BestCheckpoint, check_select_on
 from vlmkd.errors import ConfigError
 from vlmkd.utils.dist import DistInfo, all_reduce_sum, barrier, init_distributed
-from vlmkd.utils.io import write_json
 from vlmkd.utils.logging import MetricsLogger, log
 from vlmkd.utils.progress import progress
 
@@ -48,6 +48,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
+        check_select_on(cfg.eval.select_on)
         self.info = init_distributed(cfg.train.device)
         self.device = resolve_device(cfg.train.device, self.info)
         torch.manual_seed(cfg.train.seed)  # identical init on every rank
@@ -55,6 +56,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.manifests = build_manifests(cfg.data)
         from vlmkd.tasks.build import build_task
+        from vlmkd.utils import provenance
+
+        provenance.start_run()  # artifacts.json names what this run's build_task reads
 
         self.task, extras, self.eval_spec = build_task(cfg, self.manifests, self.device)
         self.task.to(self.device)
@@ -69,15 +73,15 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps, self.steps_per_epoch)
         self.ema = None
         if cfg.train.ema_decay > 0:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from vlmkd.engine.ema import build_ema
 
-            self.ema = AveragedModel(
-                unwrap(self.task.student), multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay)
-            )
+            self.ema = build_ema(unwrap(self.task.student), cfg.train.ema_decay)
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
+        self.best = BestCheckpoint(self.run_dir / "checkpoints" / "best.pt", cfg.eval.select_on)
         self.logger = MetricsLogger(self.run_dir, cfg.train.tensorboard, cfg.train.wandb_project)
         self.skipped = 0
+        self.skipped_files: set[str] = set()  # unreadable files this rank replaced, named in summary.json
 
     # ------------------------------------------------------------------------------------------------ setup
     def _build_loader(self, extras: dict[str, Any]) -> None:
@@ -88,7 +92,7 @@ class Trainer:
             )
         train = self.manifests["train"]
         self.dataset = ManifestDataset(
-            train, build_transform(cfg.data, train=True), extras, cfg.data.on_bad_image
+            train, build_transform(cfg.data, train=True), extras, cfg.data.on_bad_image, replace_bad=True
         )
         self.dataset.seed = cfg.train.seed
         self.sampler = build_sampler(
@@ -99,16 +103,11 @@ class Trainer:
             raise ConfigError(
                 f"the training set ({len(train)} images) is smaller than one batch; lower data.batch_size"
             )
-        self.loader = DataLoader(
-            self.dataset,
-            batch_size=per_rank,
-            sampler=self.sampler,
-            drop_last=True,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_skip,
-            worker_init_fn=worker_init,
-            pin_memory=self.device.type == "cuda",
-        )
+        # The loader draws its workers' base seed from this generator, re-seeded per epoch, instead of from the
+        # global CPU RNG: otherwise a mid-epoch resume (a fresh loader iterator) would shift the RNG stream
+        # that dropout and sampled descriptions draw from, and the resumed run would diverge.
+        self.loader_gen = torch.Generator()
+        self.loader = self._loader(self.sampler)
 
     def _wrap_model(self) -> None:
         student = self.task.student
@@ -143,6 +142,7 @@ class Trainer:
             "global_step": self.global_step,
             "rng": rng_state(),
             "history": self.history,
+            "best": self.best.state_dict(),
         }
 
     def save(self) -> None:
@@ -161,6 +161,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.global_step, self.history = state["global_step"], list(state["history"])
         set_rng_state(state["rng"])
+        self.best.load_state_dict(state.get("best"))
         log.info(
             "resumed from %s at epoch %d, batch %d (step %d)",
             path,
@@ -200,6 +201,8 @@ class Trainer:
             if not ckpt.is_file():
                 raise ConfigError(f"--resume: no checkpoint at {ckpt}; start without --resume")
             self.load(ckpt)
+        elif self.info.is_main:
+            self.best.reset()
         self.logger.rewind(self.global_step)  # a restart or resume rewrites what came after; no duplicates
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +214,7 @@ class Trainer:
         while self.epoch < cfg.train.epochs and not done:
             self.sampler.set_epoch(self.epoch)
             self.dataset.set_epoch(self.epoch)
+            self.loader_gen.manual_seed(cfg.train.seed * 1_000_003 + self.epoch)
             self.task.train()
             bar = progress(
                 total=self.steps_per_epoch,
@@ -221,6 +225,7 @@ class Trainer:
             it = iter(self._loader_from(self.batch_in_epoch))
             for batch in it:
                 self.skipped += int(batch.pop("skipped", 0))
+                self.skipped_files.update(batch.pop("skipped_files", ()))
                 if "image" not in batch:
                     continue
                 out = self._step(batch)
@@ -248,7 +253,11 @@ class Trainer:
                 self.save()
         train_time = time.time() - t0
         if self.skipped:
-            log.warning("skipped %d unreadable images (data.on_bad_image=skip)", self.skipped)
+            log.warning(
+                "replaced %d reads of unreadable images (data.on_bad_image=skip): %s",
+                self.skipped,
+                ", ".join(sorted(self.skipped_files)),
+            )
         summary = self._finish(train_time)
         self.logger.close()
         return summary
@@ -257,16 +266,19 @@ class Trainer:
         """The epoch's loader, starting after `batch_in_epoch` batches (mid-epoch resume, nothing re-read)."""
         if batch_in_epoch == 0:
             return self.loader
-        per_rank = self.loader.batch_size
-        idx = list(iter(self.sampler))[batch_in_epoch * per_rank :]
+        return self._loader(list(iter(self.sampler))[batch_in_epoch * self.loader.batch_size :])
+
+    def _loader(self, sampler) -> DataLoader:
         return DataLoader(
             self.dataset,
-            batch_size=per_rank,
-            sampler=idx,
+            batch_size=self.cfg.data.batch_size // self.info.world_size,
+            sampler=sampler,
             drop_last=True,
             num_workers=self.cfg.data.num_workers,
             collate_fn=collate_skip,
             worker_init_fn=worker_init,
+            generator=self.loader_gen,
+            pin_memory=self.device.type == "cuda",
         )
 
     # ------------------------------------------------------------------------------------------- evaluation
@@ -284,6 +296,7 @@ class Trainer:
                 self._eval_model(), self.manifests, split, self.cfg, self.eval_spec, self.device
             )
             rec = {"epoch": epoch, "split": split, **{k: v for k, v in m.items() if isinstance(v, float)}}
+            self.best.update(epoch, split, m, self._eval_model())
             self.history.append(rec)
             self.logger.log(
                 {f"{split}/{k}": v for k, v in rec.items() if isinstance(v, float)}, step=self.global_step
@@ -297,6 +310,7 @@ class Trainer:
         summary: dict[str, Any] = {}
         if self.info.is_main:
             model = self._eval_model()
+            selected = self.best.restore(model)
             train = self.manifests["train"]
             spec = student_spec(
                 self.cfg.model,
@@ -316,13 +330,19 @@ class Trainer:
                 },
             )
             summary = evaluate_run(model, self.manifests, self.cfg, self.eval_spec, self.device, self.history)
+            summary["selected"] = selected
             summary["timings"] = {
                 "train_s": round(train_time, 2),
                 "steps": self.global_step,
                 "skipped_images": self.skipped,
+                "skipped_files": sorted(self.skipped_files),
             }
-            write_json(self.run_dir / "summary.json", summary)
-            from vlmkd.eval.report import write_report
+            from vlmkd.utils.provenance import finish_run
+
+            summary["artifacts"] = finish_run(self.run_dir, self.cfg.text)
+            from vlmkd.eval.report import write_report, write_summary
+
+            write_summary(self.run_dir, summary)  # confusion matrices go to confusion.npz, never in here
 
             write_report(self.run_dir, summary)
         barrier()

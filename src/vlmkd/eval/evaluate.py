@@ -9,14 +9,24 @@ import torch
 
 from vlmkd.config import Config
 from vlmkd.data.manifest import Manifest
+from vlmkd.errors import ArtifactError
 from vlmkd.eval.metrics import average_last_k, classification_metrics
-from vlmkd.eval.predict import cosine_logits, student_outputs
+from vlmkd.eval.predict import cosine_logits, student_predictions
 
 
-def split_logits(outputs: dict[str, np.ndarray], split: str, eval_spec) -> np.ndarray:
+def split_logits(
+    outputs: dict[str, np.ndarray], split: str, eval_spec, manifests: dict[str, Manifest] | None = None
+) -> np.ndarray:
     if eval_spec.mode == "logits":
         return outputs["logits"]
     key = split if split in eval_spec.class_text else "train"
+    m = (manifests or {}).get(split)
+    if key != split and m is not None and m.class_names != manifests["train"].class_names:
+        # scoring these images among the training classes would give labels of another class list
+        raise ArtifactError(
+            f"the {split} split's classes ({', '.join(m.class_names[:5])}) have no class texts in the run's "
+            "text.class_embeddings; rerun `vlmkd classtext` (it covers every class) and point the run at it"
+        )
     return cosine_logits(outputs["embedding"], eval_spec.class_text[key], eval_spec.temperature)
 
 
@@ -29,18 +39,21 @@ def evaluate_split(
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     m = manifests[split]
-    out = student_outputs(model, m, cfg.data, device, desc=f"eval {split}")
-    logits = split_logits(out, split, eval_spec)
+    # streamed: each batch is scored and only its argmax kept, so no N x C logits at 8,142 classes
+    out = student_predictions(
+        model, m, cfg.data, lambda o: split_logits(o, split, eval_spec, manifests), device, f"eval {split}"
+    )
     # Long-tail buckets are defined by the training counts of the classes this split is scored on.
     counts = manifests["train"].class_counts() if m.class_names == manifests["train"].class_names else None
     return classification_metrics(
-        logits.argmax(1),
+        out["pred"],
         out["labels"],
         m.num_classes,
         counts,
         cfg.data.many_threshold,
         cfg.data.few_threshold,
         cfg.eval.tail_classes,
+        with_confusion=cfg.eval.confusion,
     )
 
 
@@ -71,7 +84,10 @@ def evaluate_run(
                 continue  # a closed-set classifier cannot score novel classes
             summary["splits"][split] = evaluate_split(model, manifests, split, cfg, eval_spec, device)
     if cfg.eval.generalized:
-        summary["splits"].update(evaluate_generalized(model, manifests, cfg, eval_spec, device))
+        gen = evaluate_generalized(model, manifests, cfg, eval_spec, device)
+        if gen is not None:
+            summary["generalized"] = gen
+            summary["splits"].update(generalized_split_entries(gen))
     headline_split = "test" if "test" in summary["splits"] else next(iter(summary["splits"]), None)
     headline = summary["splits"].get(headline_split, {}) if headline_split else {}
     summary["headline_split"] = headline_split
@@ -94,26 +110,25 @@ def evaluate_run(
 
 def evaluate_generalized(
     model: torch.nn.Module, manifests: dict[str, Manifest], cfg: Config, eval_spec, device="cpu"
-) -> dict[str, dict[str, Any]]:
-    """X_id and X_ood each scored among the base and novel class texts together (`<split>_generalized`)."""
-    texts = eval_spec.class_text
-    if eval_spec.mode != "cosine" or not {"train", "ood_test"} <= set(texts):
-        return {}
-    both = np.concatenate([texts["train"], texts["ood_test"]])
-    offsets = {"id": 0, "ood_test": len(texts["train"])}
-    out: dict[str, dict[str, Any]] = {}
-    for split, offset in offsets.items():
-        m = manifests.get(split)
-        if m is None or not len(m):
-            continue
-        res = student_outputs(model, m, cfg.data, device, desc=f"eval {split} (generalized)")
-        pred = cosine_logits(res["embedding"], both, eval_spec.temperature).argmax(1)
-        labels = res["labels"] + offset
-        per_class = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
-        out[f"{split}_generalized"] = {
-            "overall": float((pred == labels).mean()),
-            "mean_per_class": float(np.mean(per_class)),
-            "per_class": per_class,
-            "classes_scored_among": len(both),
+) -> dict[str, Any] | None:
+    """Generalized zero-shot (X_id and X_ood among base + novel names, raw and calibrated; see
+    `vlmkd.eval.generalized`), or None when the student or the run cannot be scored that way."""
+    from vlmkd.eval.generalized import student_generalized
+
+    if eval_spec.mode != "cosine":
+        return None
+    return student_generalized(
+        model, manifests, eval_spec.class_text, cfg.data, device, cfg.eval.calibration_tolerance
+    )
+
+
+def generalized_split_entries(gen: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`id_generalized` / `ood_test_generalized` rows for the per-split tables (raw, then calibrated)."""
+    return {
+        f"{split}_generalized": {
+            "mean_per_class": gen[key],
+            "calibrated_mean_per_class": gen["calibrated"][key],
+            "classes_scored_among": gen["classes_scored_among"],
         }
-    return out
+        for split, key in (("id", "base"), ("ood_test", "novel"))
+    }

@@ -52,11 +52,14 @@ class _TwoPartDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.base) + len(self.support)
 
-    def __getitem__(self, i):
-        if i < len(self.base):
-            return self.base[i]
-        item = self.support[i - len(self.base)]
-        if item is not None:
+    def __getitem__(self, key):
+        # key = (step, index): the step is the augmentation epoch (per-sample seed = seed, epoch, index), so a
+        # support image drawn at many steps gets a new crop/flip each time; set in the worker that loads it
+        step, i = key
+        part, j = (self.base, i) if i < len(self.base) else (self.support, i - len(self.base))
+        part.set_epoch(step)
+        item = part[j]
+        if item is not None and part is self.support:
             item = {**item, "label": item["label"] + self.offset}
         return item
 
@@ -105,9 +108,10 @@ def finetune_few_shot(
     b_ds, s_ds = ManifestDataset(base, tf), ManifestDataset(support, tf)
     b_ds.seed = s_ds.seed = seed
     ds = _TwoPartDataset(b_ds, s_ds, base.num_classes)
+    sampler = BalancedFewShotSampler(len(base), len(support), batch_size, steps, seed)
     dl = DataLoader(
         ds,
-        batch_sampler=BalancedFewShotSampler(len(base), len(support), batch_size, steps, seed),
+        batch_sampler=[[(step, i) for i in batch] for step, batch in enumerate(sampler)],
         collate_fn=collate_skip,
         num_workers=data_cfg.num_workers,
     )

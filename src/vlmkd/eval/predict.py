@@ -48,6 +48,35 @@ def student_outputs(
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
+@torch.no_grad()
+def student_predictions(
+    student: torch.nn.Module,
+    manifest: Manifest,
+    data_cfg: DataConfig,
+    score,
+    device: str | torch.device = "cpu",
+    desc: str = "eval",
+) -> dict[str, np.ndarray]:
+    """{"pred", "labels"} over the manifest, streamed: `score(outputs)` turns a batch's student outputs into
+    B x C scores, and only their argmax is kept (never an N x C matrix)."""
+    model = unwrap(student)
+    was_training = model.training
+    model.eval()
+    ds = ManifestDataset(manifest, build_transform(data_cfg, train=False), on_bad_image=data_cfg.on_bad_image)
+    dl = DataLoader(
+        ds, batch_size=data_cfg.eval_batch_size, num_workers=data_cfg.num_workers, collate_fn=collate_skip
+    )
+    preds, labels = [], []
+    for batch in progress(dl, desc=desc, unit="batch"):
+        if "image" in batch:
+            out = {k: v.float().cpu().numpy() for k, v in model(batch["image"].to(device)).items()}
+            preds.append(np.asarray(score(out)).argmax(1))
+            labels.append(batch["label"].numpy())
+    model.train(was_training)
+    empty = np.zeros(0, np.int64)
+    return {"pred": np.concatenate(preds or [empty]), "labels": np.concatenate(labels or [empty])}
+
+
 def cosine_logits(embedding: np.ndarray, class_text: np.ndarray, temperature: float = 0.07) -> np.ndarray:
     e = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
     w = class_text / np.maximum(np.linalg.norm(class_text, axis=1, keepdims=True), 1e-12)

@@ -55,6 +55,33 @@ def plot_curves(path: Path, records: list[dict[str, Any]]) -> bool:
     return True
 
 
+def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
+    """summary.json, kept small whatever the class count: confusion matrices (C x C, 66M cells at 8,142 classes)
+    move to confusion.npz (compressed, one int array per split), per-class accuracies are rounded to 4 decimals."""
+    import numpy as np
+
+    from vlmkd.utils.io import atomic_write, write_json
+
+    run_dir = Path(run_dir)
+    confusion = {}
+    for split, m in summary.get("splits", {}).items():
+        if isinstance(m, dict) and "confusion" in m:
+            confusion[split] = np.asarray(m.pop("confusion"), dtype=np.int32)
+        if isinstance(m, dict) and isinstance(m.get("per_class"), list):
+            m["per_class"] = [None if a is None else round(float(a), 4) for a in m["per_class"]]
+    if confusion:
+
+        def _w(p: Path) -> None:
+            with open(p, "wb") as f:
+                np.savez_compressed(f, **confusion)
+
+        atomic_write(run_dir / "confusion.npz", _w)
+        summary["confusion_file"] = "confusion.npz"
+    path = run_dir / "summary.json"
+    write_json(path, summary)
+    return path
+
+
 def write_report(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
     terms = ", ".join(f"{k}={v['name']} x{v['weight']}" for k, v in summary.get("losses", {}).items())

@@ -30,11 +30,8 @@ from vlmkd.export.card import (
 )
 from vlmkd.export.classes import (
     CLASSES_FILE,
-    DEFAULT_TEMPLATES,
     add_classes,
     build_encoder,
-    class_texts,
-    embed_classes,
     encoder_record,
     read_class_store,
     remove_classes,
@@ -118,31 +115,48 @@ def preprocess_record(meta: dict[str, Any]) -> dict[str, Any]:
     return pre
 
 
-def _zero_shot_classes(
+def _zero_shot_head(
+    run_dir: Path,
     meta: dict[str, Any],
-    config: dict[str, Any],
     class_names: list[str] | None,
     texts: list[Any] | None,
     templates: list[str] | None,
-) -> tuple[list[str], list[Any], list[str]]:
-    ev = meta.get("eval") or {}
-    names = list(class_names or ev.get("class_names") or meta.get("class_names") or [])
-    templates = list(
-        templates
-        or ev.get("class_templates")
-        or (config.get("classtext") or {}).get("templates")
-        or DEFAULT_TEMPLATES
-    )
-    if texts is None and class_names is None and ev.get("class_texts"):
-        texts = list(ev["class_texts"])
-    if texts is None:
-        texts = [class_texts(n, templates) for n in names]
-    if not names or len(texts) != len(names):
-        raise ConfigError(
-            f"zero-shot export needs class names with one text (or list of texts) each; got "
-            f"{len(names)} names and {len(texts)} texts"
-        )
-    return names, texts, templates
+    text_encoder: Any,
+    encoder_name: str | None,
+    encoder_model: str | None,
+    gamma: float | None,
+) -> tuple[list[str], list[list[str]], np.ndarray, dict[str, Any], dict[str, Any]]:
+    """(names, texts, rows, encoder record, extra) of a zero-shot export: the run's own class-text rows where it
+    has them (see `vlmkd.export.texts`), gamma and the seen-class flags of calibrated stacking."""
+    from vlmkd.export.texts import TextLibrary, resolve_classes, run_gamma, run_library, seen_mask
+
+    lib = run_library(run_dir, meta)
+    if templates:  # explicit templates replace the run's texts for every name
+        lib = TextLibrary(templates=list(templates), encoder=lib.encoder, seen=lib.seen)
+    if encoder_name or encoder_model:
+        lib.encoder = {"name": encoder_name or lib.encoder.get("name"), "model": encoder_model}
+        lib.rows = {}  # rows of the run's encoder do not live in another encoder's space
+        if text_encoder is None:
+            text_encoder = build_encoder(encoder_name, encoder_model)
+    names = list(class_names or lib.seen)
+    if not names:
+        raise ConfigError("zero-shot export needs class names; pass --classes NAME ...")
+    texts, rows, built = resolve_classes(names, lib, text_encoder, texts)
+    if built is not None:
+        encoder = encoder_record(built, lib.encoder.get("name"), lib.encoder.get("model"))
+    else:  # every row came from the run's store: record its encoder without loading it
+        encoder = {
+            "name": lib.encoder.get("name") or "sentence_transformers",
+            "model": lib.encoder.get("model"),
+            "id": lib.encoder.get("encoder_id"),
+            "dim": int(rows.shape[1]),
+        }
+    extra = {
+        "gamma": float(run_gamma(run_dir) if gamma is None else gamma),
+        "seen": seen_mask(names, lib.seen).tolist(),
+        "text_library": lib.to_json(),
+    }
+    return names, texts, rows, encoder, extra
 
 
 def export_model(
@@ -160,12 +174,15 @@ def export_model(
     measure_latency: bool = True,
     opset: int = ONNX_OPSET,
     latency_runs: int = 5,
+    gamma: float | None = None,
 ) -> Path:
     """Export the student of a run folder (or its student.safetensors) and return the export folder.
 
     head: "classifier" (the classifier head's logits) or "zero_shot" (the embedding head + class-text
     embeddings built with `text_encoder`, default: the encoder named by `encoder_name`, the run's
-    `embed.encoder`, or the bundled MiniLM). None picks classifier when the student has one.
+    `embed.encoder`, or the bundled MiniLM). None picks classifier when the student has one. Zero-shot names
+    the run's class-text store knows keep its exact rows (enriched texts); gamma (calibrated stacking, subtracted
+    from the trained classes' cosine scores in predict) defaults to the run's recorded one, else 0.
     """
     from vlmkd.engine.checkpoint import export_student, load_student
 
@@ -203,28 +220,17 @@ def export_model(
     temperature = float((meta.get("eval") or {}).get("temperature", 0.07))
     encoder = None
     if head == "zero_shot":
-        names, texts, templates = _zero_shot_classes(meta, config, class_names, texts, templates)
-        if text_encoder is None:
-            encoder_name = (
-                encoder_name
-                or (meta.get("eval") or {}).get("text_encoder")
-                or (config.get("embed") or {}).get("encoder")
-            )
-            if isinstance(encoder_name, dict):  # the run's record: {"name", "model", "encoder_id"}
-                encoder_name, encoder_model = (
-                    encoder_name.get("name"),
-                    encoder_model or encoder_name.get("model"),
-                )
-            encoder_model = encoder_model or (config.get("embed") or {}).get("model")
-            text_encoder = build_encoder(encoder_name, encoder_model)
-        emb = embed_classes(text_encoder, texts)
+        names, texts, emb, encoder, extra = _zero_shot_head(
+            run_dir, meta, class_names, texts, templates, text_encoder, encoder_name, encoder_model, gamma
+        )
         if emb.shape[1] != student.embed_dim:
             raise ConfigError(
-                f"text encoder {text_encoder.encoder_id!r} gives {emb.shape[1]}-d embeddings but the "
+                f"text encoder {encoder['id']!r} gives {emb.shape[1]}-d embeddings but the "
                 f"student's embedding head is {student.embed_dim}-d; use the encoder it was trained with"
             )
-        encoder = encoder_record(text_encoder, encoder_name, encoder_model)
-        write_class_store(out_dir, names, texts, emb, encoder, templates, temperature)
+        write_class_store(
+            out_dir, names, texts, emb, encoder, extra["text_library"]["templates"], temperature, extra
+        )
     else:
         names = list(
             class_names or meta.get("class_names") or [f"class_{i}" for i in range(student.num_classes)]

@@ -81,9 +81,20 @@ def _teachers(config: dict[str, Any]) -> list[str]:
     return lines or ["none recorded (trained from labels only, or the run's config.yaml is missing)"]
 
 
+def _store_describer(path: str | None) -> dict[str, Any] | None:
+    """The describer recorded by the description store the run trained on (it, not the recipe, wrote the texts)."""
+    from vlmkd.describe.store import DescriptionStore
+    from vlmkd.errors import VlmkdError
+
+    try:
+        return DescriptionStore(path).meta.get("describer") if path else None
+    except (VlmkdError, OSError, ValueError):
+        return None
+
+
 def _describer(config: dict[str, Any]) -> str:
     text = config.get("text") or {}
-    d = config.get("describe") or {}
+    d = _store_describer(text.get("descriptions")) or config.get("describe") or {}
     if not (text.get("descriptions") or text.get("embeddings")):
         return "none (no per-image descriptions used)"
     model = d.get("model") or ("bundled attribute vocabulary" if d.get("backend") == "interrogate" else "?")

@@ -17,7 +17,6 @@ from vlmkd.utils.io import read_json, save_npy, write_json
 
 CLASSES_FILE = "classes.json"
 CLASS_TEXT_FILE = "class_text.npy"
-DEFAULT_TEMPLATES = ["a photo of a {name}."]
 _MINILM_NAMES = (
     "minilm",
     "all-minilm-l6-v2",
@@ -82,12 +81,6 @@ def encoder_record(encoder: Any, name: str | None, model: str | None) -> dict[st
     }
 
 
-def class_texts(name: str, templates: list[str]) -> str | list[str]:
-    """The text(s) that stand for a class name: one per template ("{name}" is replaced)."""
-    texts = [t.format(name=name) if "{name}" in t else t.format(name) for t in templates]
-    return texts[0] if len(texts) == 1 else texts
-
-
 def embed_classes(encoder: Any, texts: list[str | list[str]]) -> np.ndarray:
     """One L2-normalised row per class; a class with several texts gets the normalised mean of their embeddings."""
     groups = [[t] if isinstance(t, str) else list(t) for t in texts]
@@ -115,7 +108,10 @@ def write_class_store(
     encoder: dict[str, Any] | None,
     templates: list[str] | None,
     temperature: float,
+    extra: dict[str, Any] | None = None,
 ) -> None:
+    """classes.json + class_text.npy. `texts`: exactly the texts behind each row (a list per class). `extra`:
+    "seen" (one flag per class: trained on), "gamma" (calibrated stacking), "text_library" (the run's texts)."""
     if len(names) != len(class_text):
         raise ArtifactError(f"{len(names)} class names but {len(class_text)} class embeddings")
     out_dir = Path(out_dir)
@@ -125,10 +121,13 @@ def write_class_store(
         {
             "mode": "zero_shot",
             "names": list(names),
-            "texts": list(texts),
+            "texts": [[t] if isinstance(t, str) else list(t) for t in texts],
             "encoder": encoder,
             "templates": templates,
             "temperature": float(temperature),
+            "gamma": 0.0,
+            "seen": [False] * len(names),
+            **(extra or {}),
         },
     )
 
@@ -165,6 +164,34 @@ def _zero_shot_store(export_dir: str | Path) -> tuple[dict[str, Any], np.ndarray
     return info, arr
 
 
+def export_library(info: dict[str, Any]):
+    """The export's text library: the run's class texts (recorded at export) and its templates."""
+    from vlmkd.export.texts import DEFAULT_TEMPLATES as TEMPLATES
+    from vlmkd.export.texts import TextLibrary
+
+    lib = info.get("text_library") or {}
+    rec = info.get("encoder") or {}
+    return TextLibrary(
+        texts={k: list(v) for k, v in (lib.get("texts") or {}).items()},
+        templates=list(lib.get("templates") or info.get("templates") or TEMPLATES),
+        encoder={"name": rec.get("name"), "model": rec.get("model"), "encoder_id": rec.get("id")},
+    )
+
+
+def _write_back(export_dir, info: dict[str, Any], names, texts, arr, seen) -> None:
+    keep = {k: info[k] for k in ("gamma", "text_library") if k in info}
+    write_class_store(
+        export_dir,
+        names,
+        texts,
+        arr,
+        info.get("encoder"),
+        info.get("templates"),
+        info.get("temperature", 0.07),
+        {**keep, "seen": list(seen)},
+    )
+
+
 def add_classes(
     export_dir: str | Path,
     names: list[str],
@@ -174,9 +201,12 @@ def add_classes(
 ) -> list[str]:
     """Embed new class names (or `texts`, one per name) with the export's text encoder and append them.
 
+    Default texts: the run's own texts for the name (enriched sentences, recorded at export), else its templates.
     `encoder` defaults to the one recorded at export; a different encoder id is refused, since its vectors
     would live in another space. Returns the full list of class names.
     """
+    from vlmkd.export.texts import resolve_classes
+
     info, arr = _zero_shot_store(export_dir)
     rec = info.get("encoder") or {}
     if encoder is None:
@@ -186,34 +216,31 @@ def add_classes(
             f"this export's class embeddings come from text encoder {rec['id']!r}, not "
             f"{encoder.encoder_id!r}; new classes must use the same encoder"
         )
-    if texts is not None and len(texts) != len(names):
-        raise ConfigError(f"{len(names)} names but {len(texts)} texts; give one text per name or none")
-    templates = info.get("templates") or ["{name}"]
-    texts = list(texts) if texts is not None else [class_texts(n, templates) for n in names]
     existing = list(info["names"])
     dup = [n for n in names if n in existing]
     if dup and not replace:
         raise ConfigError(f"class(es) {dup} already exist; use --replace to re-embed them")
-    new = embed_classes(encoder, texts)
+    new_texts, new, _ = resolve_classes(names, export_library(info), encoder, texts)
     if new.shape[1] != arr.shape[1]:
         raise ArtifactError(f"encoder gives {new.shape[1]}-d embeddings, the export stores {arr.shape[1]}-d")
-    all_texts = list(info.get("texts") or existing)
-    for n, t, row in zip(names, texts, new):
+    all_texts = list(info.get("texts") or [[n] for n in existing])
+    seen = list(info.get("seen") or [False] * len(existing))
+    for n, t, row in zip(names, new_texts, new):
         if n in existing:
             i = existing.index(n)
             arr[i], all_texts[i] = row, t
         else:
             existing.append(n)
             all_texts.append(t)
+            seen.append(False)  # added after training: an unseen class, never penalised by gamma
             arr = np.concatenate([arr, row[None]], 0)
-    write_class_store(
+    _write_back(
         export_dir,
+        {**info, "encoder": rec or encoder_record(encoder, None, None)},
         existing,
         all_texts,
         arr,
-        rec or encoder_record(encoder, None, None),
-        info.get("templates"),
-        info.get("temperature", 0.07),
+        seen,
     )
     return existing
 
@@ -228,13 +255,13 @@ def remove_classes(export_dir: str | Path, names: list[str]) -> list[str]:
     if not keep:
         raise ConfigError("cannot remove every class; a classifier needs at least one")
     texts = list(info.get("texts") or existing)
-    write_class_store(
+    seen = list(info.get("seen") or [False] * len(existing))
+    _write_back(
         export_dir,
+        info,
         [existing[i] for i in keep],
         [texts[i] for i in keep],
         arr[keep],
-        info.get("encoder"),
-        info.get("templates"),
-        info.get("temperature", 0.07),
+        [seen[i] for i in keep],
     )
     return [existing[i] for i in keep]

@@ -63,6 +63,13 @@ def output_names(student: nn.Module, head: str) -> tuple[str, ...]:
 
 
 def write_onnx(wrapper: ExportWrapper, path: Path, example: torch.Tensor, opset: int = ONNX_OPSET) -> None:
+    import importlib.util
+
+    # torch's exporters need onnx (and onnxscript for the dynamo one); without them torch raises a two-exporter
+    # traceback that does not say what to install
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f'ONNX export needs {" and ".join(missing)}: pip install "vlmkd[export]"')
     dyn = {n: {0: "batch"} for n in ("image", *wrapper.outputs)}
     kw = dict(input_names=["image"], output_names=list(wrapper.outputs), opset_version=opset)
     with warnings.catch_warnings():

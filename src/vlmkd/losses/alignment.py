@@ -12,6 +12,7 @@ from torch import nn
 
 from vlmkd.errors import ConfigError
 from vlmkd.losses import LOSSES
+from vlmkd.losses.batch import in_batch_ce
 from vlmkd.losses.classification import require_positive
 from vlmkd.losses.text import same_class_negatives
 
@@ -36,14 +37,24 @@ class VLClassification(nn.Module):
 
     inputs = ("embedding", "class_text", "labels")
 
-    def __init__(self, temperature: float = 0.07):
+    def __init__(
+        self, temperature: float = 0.07, balanced: bool = False, class_counts: list[int] | None = None
+    ):
         super().__init__()
         self.temperature = require_positive("temperature", temperature)
+        self.log_prior = None
+        if balanced:  # balanced softmax on the cosine logits: an unbiased zero-shot head on long-tailed data
+            if class_counts is None:
+                raise ConfigError("vl_cls with balanced=true needs class_counts (the training class counts)")
+            counts = torch.as_tensor(class_counts, dtype=torch.float32).clamp(min=1)
+            self.log_prior = torch.log(counts / counts.sum())
 
     def forward(
         self, embedding: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         logits = _unit(embedding) @ _unit(class_text).to(embedding.dtype).T / self.temperature
+        if self.log_prior is not None:
+            logits = logits + self.log_prior.to(logits.device, logits.dtype)
         return F.cross_entropy(logits, labels)
 
 
@@ -69,6 +80,8 @@ class ImageContrastive(nn.Module):
     """
 
     inputs = ("embedding", "teacher_features")
+    batch_coupled = ("embedding", "teacher_features")  # the other samples' teacher features are the negatives
+    local_rows = True
 
     def __init__(self, temperature: float = 0.07, mode: str = "bidirectional"):
         super().__init__()
@@ -77,16 +90,17 @@ class ImageContrastive(nn.Module):
             raise ConfigError(f"mode must be one of {', '.join(IM_CST_MODES)}, got {mode!r}")
         self.mode = mode
 
-    def forward(self, embedding: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embedding: torch.Tensor, teacher_features: torch.Tensor, rows: slice | None = None
+    ) -> torch.Tensor:
         _check_pair(embedding, teacher_features, "im_cst")
-        m = _unit(embedding) @ _unit(teacher_features.detach()).to(embedding.dtype).T / self.temperature
-        target = torch.arange(m.shape[0], device=m.device)
+        s, t = _unit(embedding), _unit(teacher_features.detach()).to(embedding.dtype)
         if self.mode == "paper":
-            return F.cross_entropy(2.0 * m, target)
-        row = F.cross_entropy(m, target)
+            return in_batch_ce(s, t, 2.0 / self.temperature, rows)
+        row = in_batch_ce(s, t, 1.0 / self.temperature, rows)
         if self.mode == "single":
             return row
-        return 0.5 * (row + F.cross_entropy(m.T, target))
+        return 0.5 * (row + in_batch_ce(t, s, 1.0 / self.temperature, rows))
 
 
 @LOSSES.register("vlprox")
@@ -100,6 +114,8 @@ class VLProximal(nn.Module):
     """
 
     inputs = ("embedding", "teacher_features", "class_text", "labels")
+    # the mean runs over the kept rows of the whole batch: a per-rank mean would weigh ranks unequally
+    batch_coupled = ("embedding", "teacher_features", "labels")
 
     def __init__(self, temperature: float = 0.07, k: int = 256, filter_wrong: bool = True):
         super().__init__()
@@ -140,17 +156,21 @@ class CaptionContrastive(nn.Module):
     """
 
     inputs = ("embedding", "caption_emb", "labels")
+    batch_coupled = ("embedding", "caption_emb", "labels")
+    local_rows = True
 
     def __init__(self, temperature: float | None = None):
         super().__init__()
         self.temperature = None if temperature is None else require_positive("temperature", temperature)
 
     def forward(
-        self, embedding: torch.Tensor, caption_emb: torch.Tensor, labels: torch.Tensor
+        self,
+        embedding: torch.Tensor,
+        caption_emb: torch.Tensor,
+        labels: torch.Tensor,
+        rows: slice | None = None,
     ) -> torch.Tensor:
         _check_pair(embedding, caption_emb, "cap")
-        logits = _unit(embedding) @ _unit(caption_emb).to(embedding.dtype).T
-        if self.temperature is not None:
-            logits = logits / self.temperature
-        logits = logits.masked_fill(same_class_negatives(labels), float("-inf"))
-        return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+        scale = 1.0 if self.temperature is None else 1.0 / self.temperature
+        s, c = _unit(embedding), _unit(caption_emb).to(embedding.dtype)
+        return in_batch_ce(s, c, scale, rows, same_class_negatives(labels))

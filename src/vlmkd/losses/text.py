@@ -10,7 +10,9 @@ from torch import nn
 
 from vlmkd.errors import ConfigError
 from vlmkd.losses import LOSSES
+from vlmkd.losses.batch import in_batch_ce
 from vlmkd.losses.classification import require_positive
+from vlmkd.losses.kd import SoftKD
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on 1/temperature
 DIRECTIONS = ("image_to_text", "text_to_image", "symmetric")
@@ -48,6 +50,8 @@ class TextNCE(nn.Module):
     """
 
     inputs = ("proj", "text_emb", "labels")
+    batch_coupled = ("proj", "text_emb", "labels")  # in-batch negatives: gathered over ranks under DDP
+    local_rows = True  # accepts rows= (train.local_loss; see vlmkd.losses.batch)
 
     def __init__(
         self,
@@ -79,7 +83,9 @@ class TextNCE(nn.Module):
         """1/tau (a tensor; it carries the gradient when the temperature is learnable)."""
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def forward(self, proj: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, proj: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor, rows: slice | None = None
+    ) -> torch.Tensor:
         s = F.normalize(proj, dim=-1)
         t = pool_text(text_emb).to(s.dtype)
         if t.shape != s.shape:
@@ -87,15 +93,68 @@ class TextNCE(nn.Module):
                 f"text_nce: proj is {tuple(s.shape)} but text_emb pools to {tuple(t.shape)}; set the "
                 "student's embed_dim to the text-embedding dimension"
             )
-        if self.learnable_temperature:
-            logits = (s @ t.T) * self.scale().to(s.dtype)
-        else:
-            logits = (s @ t.T) / self._fixed_temperature
-        if self.mask_same_class:
-            logits = logits.masked_fill(same_class_negatives(labels), float("-inf"))
-        target = torch.arange(s.shape[0], device=s.device)
+        scale = self.scale().to(s.dtype) if self.learnable_temperature else 1.0 / self._fixed_temperature
+        drop = same_class_negatives(labels) if self.mask_same_class else None
         if self.direction == "image_to_text":
-            return F.cross_entropy(logits, target)
+            return in_batch_ce(s, t, scale, rows, drop)
         if self.direction == "text_to_image":
-            return F.cross_entropy(logits.T, target)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+            return in_batch_ce(t, s, scale, rows, drop)
+        return 0.5 * (in_batch_ce(s, t, scale, rows, drop) + in_batch_ce(t, s, scale, rows, drop))
+
+
+@LOSSES.register("text_soft")
+class DescriptionSoftLabels(SoftKD):
+    """Descriptions as a second teacher: each image's description embedding, scored against the class texts,
+    gives soft labels p_t = softmax(desc . class_text / desc_temperature); KL(p_t || student) in the Hinton KD form
+    (`temperature`, and `logit_adjust` as the `kd` loss). Unlike text_nce it needs no projection head: the
+    description steers the classifier directly, towards the classes it reads like.
+    """
+
+    inputs = ("logits", "text_emb", "class_text")
+
+    def __init__(
+        self,
+        desc_temperature: float = 0.05,
+        temperature: float = 1.0,
+        logit_adjust: bool = False,
+        class_counts: list[int] | None = None,
+    ):
+        super().__init__(temperature, logit_adjust, class_counts)
+        self.desc_temperature = require_positive("desc_temperature", desc_temperature)
+
+    def forward(self, logits: torch.Tensor, text_emb: torch.Tensor, class_text: torch.Tensor) -> torch.Tensor:
+        t = pool_text(text_emb).to(logits.dtype)
+        teacher = t @ F.normalize(class_text.to(logits.dtype), dim=-1).T / self.desc_temperature
+        return super().forward(logits, teacher)
+
+
+@LOSSES.register("text_rkd")
+class TextRelational(nn.Module):
+    """Relational distillation of description-to-description similarities (RKD-style, in distribution form).
+
+    For each image i, the target over the other images j of the batch is softmax_j(cos(desc_i, desc_j) / tau_t)
+    and the student's is softmax_j(cos(proj_i, proj_j) / tau); the loss is KL(target || student) averaged over i.
+    The diagonal is excluded. Only the structure of the descriptions is distilled, not their absolute position in
+    the text space, so the student's embedding need not live in that space (any embed_dim works).
+    """
+
+    inputs = ("proj", "text_emb")
+    batch_coupled = ("proj", "text_emb")  # the other samples are the relation's other end
+
+    def __init__(self, temperature: float = 0.1, text_temperature: float = 0.1):
+        super().__init__()
+        self.temperature = require_positive("temperature", temperature)
+        self.text_temperature = require_positive("text_temperature", text_temperature)
+
+    def forward(self, proj: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        s = F.normalize(proj, dim=-1)
+        t = pool_text(text_emb).to(s.dtype)
+        n = s.shape[0]
+        if n < 3:  # with fewer than two other samples the distribution is a constant
+            return s.sum() * 0.0
+        off = ~torch.eye(n, dtype=torch.bool, device=s.device)
+        sim_s = (s @ s.T / self.temperature)[off].view(n, n - 1)
+        sim_t = (t @ t.T / self.text_temperature)[off].view(n, n - 1)
+        log_p_s = F.log_softmax(sim_s, dim=-1)
+        log_p_t = F.log_softmax(sim_t.detach(), dim=-1)
+        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)

@@ -33,6 +33,12 @@ class EvalSpec:
             "temperature": self.temperature,
             "splits": sorted(self.class_text),
             **self.info,
+            # CoOp: the learned class-text matrix (exports cannot rerun the text tower with the learned context)
+            **(
+                {"class_text_learned": self.class_text.to_json()}
+                if hasattr(self.class_text, "to_json")
+                else {}
+            ),
         }
 
 
@@ -67,7 +73,9 @@ def _build_loss(name: str, args: dict[str, Any], train_counts: np.ndarray):
 
 
 def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device):
-    """(task, per-sample extras for the training dataset, EvalSpec)."""
+    """(task, per-sample row sources for the training dataset, EvalSpec)."""
+    from vlmkd.tasks.providers import BuildContext, build_providers
+
     train = manifests["train"]
     counts = train.class_counts()
     terms: list[LossSpec] = []
@@ -76,47 +84,42 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
             continue  # a weight of 0 switches a term off (ablations are one override each)
         terms.append(LossSpec(term, spec.weight, _build_loss(spec.name, spec.args, counts)))
     needed = {n for t in terms for n in t.module.inputs}
-
-    extras: dict[str, Any] = {}
-    eval_spec = EvalSpec()
-    class_text = None
-    embed_dim = cfg.model.embed_dim
-    if needed & {"class_text"} or cfg.model.head == "embedding":
-        from vlmkd.tasks.sources import load_class_text
-
-        class_text, per_split = load_class_text(cfg, manifests)
-        eval_spec = EvalSpec(
-            "cosine", _temperature(terms), per_split, _class_text_info(cfg, train.class_names)
-        )
-        embed_dim = embed_dim or class_text.shape[1]
-    if needed & {"text_emb", "caption_emb"}:
-        from vlmkd.tasks.sources import load_image_text
-
-        per_image = load_image_text(cfg, train)  # the descriptions double as the OOD paper's captions (L_cap)
-        for key in needed & {"text_emb", "caption_emb"}:
-            extras[key] = per_image
-        embed_dim = embed_dim or per_image.shape[-1]
-    if "teacher_features" in needed and cfg.clip.view in ("clean", "augmented_k"):
-        from vlmkd.tasks.sources import load_teacher_features
-
-        extras["teacher_features"] = load_teacher_features(cfg, train, device)
-        embed_dim = embed_dim or extras["teacher_features"].shape[-1]
-    clip_teacher = teacher_view = None
-    if "teacher_features" in needed and cfg.clip.view == "consistent":
-        from vlmkd.data.transforms import preprocess_config
-        from vlmkd.teachers.clip import load_clip_teacher
-        from vlmkd.teachers.view import TeacherView
-
-        if not cfg.clip.name:
-            raise ConfigError("clip.view=consistent needs clip.name (the teacher runs live on each batch)")
-        clip_teacher = load_clip_teacher(cfg.clip.name, cfg.clip.revision, device=str(device))
-        teacher_view = TeacherView(preprocess_config(cfg.data), clip_teacher.preprocess_config())
-        embed_dim = embed_dim or int(clip_teacher.embed_dim)
-    elif "teacher_features" in needed and cfg.clip.view not in ("clean", "augmented_k"):
-        raise ConfigError(f"clip.view must be clean, augmented_k or consistent, got {cfg.clip.view!r}")
     if needed & {"proj", "embedding"} and cfg.model.head == "classifier":
         raise ConfigError("a loss uses the student's embedding; set model.head=both (or embedding)")
 
+    ctx = BuildContext(cfg, manifests, device)
+    eval_spec = EvalSpec()
+    if "class_text" in needed or cfg.model.head == "embedding":
+        per_split = ctx.class_text()[1]
+        # cosine to the class texts when the embedding is trained against them; a classifier read by a loss
+        # that only uses the class texts as a target (text_soft) keeps its logits
+        cosine = cfg.model.head == "embedding" or any(
+            {"embedding", "class_text"} <= set(t.module.inputs) for t in terms
+        )
+        eval_spec = EvalSpec(
+            "cosine" if cosine else "logits",
+            _temperature(terms),
+            per_split,
+            _class_text_info(cfg, train.class_names),
+        )
+    with torch.random.fork_rng(devices=[]):  # the student's init must not depend on what the providers draw
+        providers = build_providers(ctx, needed)
+    embed_dim = cfg.model.embed_dim
+    for name in ("class_text", "text_emb", "caption_emb", "teacher_features"):  # the space the student joins
+        if not embed_dim and name in providers and providers[name].dim:
+            embed_dim = providers[name].dim
+    if not embed_dim and eval_spec.class_text:
+        embed_dim = ctx.class_text()[0].shape[1]
+    student = _student(cfg, train, embed_dim)
+    task = DistillTask(student, terms, providers, cfg.train.gather, cfg.train.local_loss)
+    if cfg.text.coop.enabled:  # CoOp (vlmkd.text.coop): the task's class_text becomes learned
+        from vlmkd.text.coop import attach_coop
+
+        attach_coop(task, eval_spec, cfg, manifests, device)
+    return task, task.row_sources, eval_spec
+
+
+def _student(cfg: Config, train: Manifest, embed_dim: int | None) -> nn.Module:
     student = create_student(
         cfg.model.name,
         train.num_classes,
@@ -136,59 +139,7 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
             raise ConfigError(
                 f"model.checkpoint does not match model.name: unexpected {missing.unexpected_keys[:3]}"
             )
-
-    vision_teacher = None
-    if "teacher_logits" in needed and cfg.teacher.name == "clip":
-        if cfg.teacher.mode == "cached":  # the clip.view features, cached by `vlmkd teach`
-            from vlmkd.tasks.sources import zero_shot_teacher_logits
-
-            extras["teacher_logits"] = zero_shot_teacher_logits(cfg, manifests, device)
-        elif cfg.teacher.mode == "live":  # consistent teaching: the teacher classifies the student's own crop
-            vision_teacher = _live_zero_shot_teacher(cfg, manifests, device)
-        else:
-            raise ConfigError(f"teacher.mode must be live or cached, got {cfg.teacher.mode!r}")
-    elif "teacher_logits" in needed:
-        from vlmkd.teachers.vision import cached_teacher_logits, load_vision_teacher
-
-        teacher, teacher_id = load_vision_teacher(cfg.teacher, train.num_classes, cfg.data.in_chans, device)
-        if cfg.teacher.mode == "cached":
-            extras["teacher_logits"] = cached_teacher_logits(
-                teacher, teacher_id, train, cfg.data, cfg.teacher.cache_dir, device
-            )
-        elif cfg.teacher.mode == "live":
-            vision_teacher = teacher
-        else:
-            raise ConfigError(f"teacher.mode must be live or cached, got {cfg.teacher.mode!r}")
-
-    task = DistillTask(
-        student,
-        terms,
-        torch.as_tensor(class_text) if class_text is not None else None,
-        vision_teacher,
-        clip_teacher,
-        sample_text=cfg.text.multi == "sample",
-        teacher_view=teacher_view,
-    )
-    return task, extras, eval_spec
-
-
-def _live_zero_shot_teacher(cfg: Config, manifests: dict[str, Manifest], device: torch.device) -> nn.Module:
-    from vlmkd.data.transforms import preprocess_config
-    from vlmkd.tasks.sources import check_same_space, load_class_text
-    from vlmkd.teachers.clip import load_clip_teacher
-    from vlmkd.teachers.view import TeacherView
-    from vlmkd.teachers.zero_shot import ZeroShotClassifier
-
-    if not cfg.clip.name:
-        raise ConfigError("teacher.name=clip needs clip.name (the CLIP teacher that classifies zero-shot)")
-    teacher = load_clip_teacher(cfg.clip.name, cfg.clip.revision, device=str(device))
-    class_text, _ = load_class_text(cfg, manifests)
-    check_same_space(int(teacher.embed_dim), class_text.shape[1])
-    view = TeacherView(preprocess_config(cfg.data), teacher.preprocess_config())
-    classifier = ZeroShotClassifier(
-        teacher, view, torch.as_tensor(class_text), cfg.teacher.zero_shot_temperature
-    )
-    return classifier.to(device)
+    return student
 
 
 def _temperature(terms: list[LossSpec]) -> float:

@@ -1,8 +1,16 @@
-"""One task for every method: student + named loss terms whose inputs are gathered on demand.
+"""One task for every method: student + named loss terms whose inputs are served on demand.
 
 Each registered loss declares `inputs` (e.g. ("logits", "labels") or ("embedding", "teacher_features",
-"class_text", "labels")). The task computes the student once, fetches only what the enabled terms need (cached
-extras from the batch, live teachers under no_grad, class-text buffers) and sums `weight * term`.
+"class_text", "labels")). The task computes the student once, asks the providers (vlmkd.tasks.providers) only for
+what the enabled terms need, and sums `weight * term`.
+
+Under DDP, a term whose value depends on the other samples of the batch (in-batch negatives, a mean over a
+data-dependent subset) declares `batch_coupled` inputs; the task all-gathers those over ranks with gradients
+(vlmkd.utils.dist.gather_rows) so every rank computes the loss of the global batch. Why this is exact: rank r's
+features receive the sum over ranks of the gradient of the (identical) loss, i.e. W times the one-process gradient,
+and DDP divides by W. With `local_loss`, each rank scores only its own rows against all columns; the W rank losses
+sum to W times the full loss, so the same argument holds. Per-sample terms stay local (a mean over equal local
+batches, averaged by DDP, is the global mean).
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ from torch import nn
 
 from vlmkd.errors import ConfigError
 
+STUDENT_OUTPUTS = {"logits": "logits", "embedding": "embedding", "proj": "embedding", "features": "features"}
+
 
 @dataclass
 class LossSpec:
@@ -23,20 +33,14 @@ class LossSpec:
     module: nn.Module
 
 
-STUDENT_OUTPUTS = {"logits": "logits", "embedding": "embedding", "proj": "embedding", "features": "features"}
-BATCH_INPUTS = ("labels", "text_emb", "caption_emb")
-
-
 class DistillTask(nn.Module):
     def __init__(
         self,
         student: nn.Module,
         terms: list[LossSpec],
-        class_text: torch.Tensor | None = None,
-        vision_teacher: nn.Module | None = None,
-        clip_teacher: Any = None,
-        sample_text: bool = False,
-        teacher_view: Any = None,
+        providers: dict[str, nn.Module] | None = None,
+        gather: bool = True,
+        local_loss: bool = False,
     ):
         super().__init__()
         if not terms:
@@ -44,28 +48,29 @@ class DistillTask(nn.Module):
         self.student = student
         self.terms = terms
         self.loss_modules = nn.ModuleDict({t.name: t.module for t in terms})
-        self.register_buffer(
-            "class_text", class_text.float() if class_text is not None else None, persistent=False
-        )
-        self.vision_teacher = vision_teacher
-        if vision_teacher is not None:
-            vision_teacher.eval().requires_grad_(False)
-        self.clip_teacher = clip_teacher  # live CLIP teacher (consistent-view mode); frozen, not a submodule
-        self.teacher_view = teacher_view  # student batch -> the teacher's input space (vlmkd.teachers.view)
+        # frozen input providers: outside the module tree (never trained or checkpointed); _apply moves them
+        self.__dict__["providers"] = dict(providers or {})
         self.needed = {name for t in terms for name in t.module.inputs}
-        self.sample_text = sample_text  # with several descriptions per image: one at random per step
+        self.gather, self.local_loss = bool(gather), bool(local_loss)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.vision_teacher is not None:  # teachers stay in eval mode whatever the student does
-            self.vision_teacher.eval()
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for p in self.providers.values():
+            p._apply(fn, *args, **kwargs)
         return self
 
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.requires_grad and not self._is_teacher_param(p)]
+    @property
+    def row_sources(self) -> dict[str, Any]:
+        """Per-sample row sources for the training dataset (cached stores, read one sample at a time)."""
+        return {name: p.rows for name, p in self.providers.items() if p.rows is not None}
 
-    def _is_teacher_param(self, p) -> bool:
-        return self.vision_teacher is not None and any(p is q for q in self.vision_teacher.parameters())
+    @property
+    def class_text(self) -> torch.Tensor | None:
+        p = self.providers.get("class_text")
+        return None if p is None else p.value
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
 
     def _input(self, name: str, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> torch.Tensor:
         if name in STUDENT_OUTPUTS:
@@ -78,52 +83,42 @@ class DistillTask(nn.Module):
             return out[key]
         if name == "labels":
             return batch["label"]
-        if name == "class_text":
-            if self.class_text is None:
-                raise ConfigError(
-                    "a loss needs class-text embeddings; set text.class_embeddings (run `vlmkd classtext`)"
-                )
-            return self.class_text
-        if name in batch and batch[name].ndim == 3 and (name == "teacher_features" or self.sample_text):
-            return _pick_one(batch[name])  # several descriptions / cached teacher views: one per step
-        if name in batch:
-            return batch[name]
-        if name == "teacher_logits" and self.vision_teacher is not None:
-            with torch.no_grad():
-                t = self.vision_teacher(batch["image"])
-            return t["logits"] if isinstance(t, dict) else t
-        if name == "teacher_features" and self.clip_teacher is not None:
-            pixels = batch.get("teacher_image")
-            if pixels is None:  # consistent view: the teacher sees the student's own augmented crop
-                pixels = self.teacher_view(batch["image"])
-            with torch.no_grad():
-                return self.clip_teacher.encode_image(pixels).float()
+        if name == "class_text" and getattr(self, "prompt_learner", None) is not None:
+            return self.prompt_learner()  # CoOp (vlmkd.text.coop): learned class texts, with gradients
+        if name in self.providers:
+            return self.providers[name](batch, out)
         raise ConfigError(
             f"a loss needs {name!r} but no source provides it; configure the teacher or text artifacts"
         )
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        from vlmkd.utils.dist import gather_rows, get_info, row_counts
+
         out = self.student(batch["image"])
-        cache: dict[str, torch.Tensor] = {}
+        local: dict[str, torch.Tensor] = {}
+        gathered: dict[str, torch.Tensor] = {}
+        sizes: list[int] | None = None
         result: dict[str, torch.Tensor] = {}
         total = None
         for t in self.terms:
+            coupled = set(getattr(t.module, "batch_coupled", ())) if self.gather else set()
+            if coupled and sizes is None:
+                sizes = row_counts(len(batch["image"]), batch["image"].device)
             args = []
             for name in t.module.inputs:
-                if name not in cache:
-                    cache[name] = self._input(name, batch, out)
-                args.append(cache[name])
-            value = t.module(*[a.float() if a.is_floating_point() else a for a in args])
+                if name not in local:
+                    local[name] = self._input(name, batch, out)
+                if name in coupled and name not in gathered:
+                    gathered[name] = gather_rows(local[name], sizes)
+                args.append(gathered[name] if name in coupled else local[name])
+            kwargs = {}
+            if coupled and self.local_loss and getattr(t.module, "local_rows", False) and len(sizes) > 1:
+                rank = get_info().rank  # this rank's rows of the gathered batch
+                kwargs["rows"] = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+            value = t.module(*[a.float() if a.is_floating_point() else a for a in args], **kwargs)
             result[f"loss/{t.name}"] = value.detach()
             total = t.weight * value if total is None else total + t.weight * value
         result["loss"] = total
         if "logits" in out:
             result["logits"] = out["logits"].detach()
         return result
-
-
-def _pick_one(emb: torch.Tensor) -> torch.Tensor:
-    """B x K x D -> B x D, one of the K rows at random per sample; all-zero rows (missing) are never picked."""
-    weight = (emb.abs().sum(-1) > 0).float()
-    pick = torch.multinomial(weight + 1e-6, 1).squeeze(1)
-    return emb[torch.arange(len(emb)), pick]

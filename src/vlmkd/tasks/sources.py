@@ -22,43 +22,59 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def load_image_text(cfg: Config, manifest: Manifest) -> np.ndarray:
-    """Per-image text embeddings in manifest order: N x D (average of n descriptions) or N x n x D ("sample")."""
+def image_text_rows(cfg: Config, manifest: Manifest, salt: int = 1):
+    """Per-image text embeddings as a row source: one description sampled per (seed, epoch, image) with
+    text.multi=sample, the renormalised mean of the image's descriptions with average."""
+    from vlmkd.tasks.rows import LabelRows, StoreRows
+
     if cfg.text.source == "class_templates":  # ablation: descriptions replaced by "a photo of a {c}."
-        from vlmkd.text.encoders import build_text_encoder
-
-        enc = build_text_encoder(cfg.embed.encoder, cfg.embed.model, cfg.embed.revision, cfg.embed.device)
-        from dataclasses import replace
-
-        from vlmkd.text.classtext import class_texts
-
-        texts = class_texts(manifest.class_names, replace(cfg.classtext, enriched=False))
-        emb = enc.encode([t for ts in texts for t in ts])  # the same templates as `vlmkd classtext`
-        per_class = _normalise(emb.reshape(manifest.num_classes, len(texts[0]), -1).mean(1))
-        return per_class[manifest.labels].astype(np.float16)
+        return LabelRows(class_template_embeddings(cfg, manifest), manifest.labels)
     if cfg.text.source != "descriptions":
         raise ConfigError(f"text.source must be descriptions or class_templates, got {cfg.text.source!r}")
+    if cfg.text.multi not in ("average", "sample"):
+        raise ConfigError(f"text.multi must be average or sample, got {cfg.text.multi!r}")
     if not cfg.text.descriptions or not cfg.text.embeddings:
         raise ConfigError(
             "the text loss needs text.descriptions and text.embeddings (run `vlmkd describe` and "
             "`vlmkd embed`), or text.source=class_templates"
         )
-    from vlmkd.describe.store import DescriptionStore
-    from vlmkd.text.store import EmbeddingStore, embeddings_for_manifest
+    from vlmkd.tasks.index_map import description_index_map
 
-    desc, emb = DescriptionStore(cfg.text.descriptions), EmbeddingStore(cfg.text.embeddings)
-    n = cfg.describe.n_descriptions
-    arr, mask = embeddings_for_manifest(desc, emb, manifest, n, return_mask=True)
-    if not mask.any(1).all():
+    array_path, index_path = description_index_map(cfg, manifest)
+    rows = StoreRows(
+        array_path, index_path, "pick" if cfg.text.multi == "sample" else "average", cfg.train.seed, salt
+    )
+    if rows.missing():
+        _require_descriptions(cfg, manifest, np.flatnonzero(np.asarray(rows.index).max(1) < 0))
+    return rows
+
+
+def _require_descriptions(cfg: Config, manifest: Manifest, missing: np.ndarray) -> None:
+    """Every readable training image needs a description. Under data.on_bad_image=skip, unreadable images (which
+    describe skips) are replaced by readable stand-ins in training, so their missing rows are never read."""
+    if cfg.data.on_bad_image == "skip":
+        from vlmkd.data.images import unreadable_files
+
+        cap = cfg.data.max_image_pixels or None
+        bad = unreadable_files({"train": manifest.subset(missing)}, cap, decode=True)
+        missing = [i for i in missing if manifest.paths is None or manifest.paths[i] not in bad]
+    if len(missing):
         raise ArtifactError(
-            f"{int((~mask.any(1)).sum())} training images have no description; rerun "
-            "`vlmkd describe` to retry the failures"
+            f"{len(missing)} training images have no description; rerun `vlmkd describe` to retry the failures"
         )
-    if cfg.text.multi == "average" or n == 1:
-        return _normalise(arr.astype(np.float32).mean(1)).astype(np.float16)
-    if cfg.text.multi == "sample":
-        return arr  # N x n x D: the task samples one description per image and step
-    raise ConfigError(f"text.multi must be average or sample, got {cfg.text.multi!r}")
+
+
+def class_template_embeddings(cfg: Config, manifest: Manifest) -> np.ndarray:
+    """C x D float16: each class's "a photo of a {c}." templates embedded (as `vlmkd classtext`), averaged."""
+    from dataclasses import replace
+
+    from vlmkd.text.classtext import class_texts
+    from vlmkd.text.encoders import build_text_encoder
+
+    enc = build_text_encoder(cfg.embed.encoder, cfg.embed.model, cfg.embed.revision, cfg.embed.device)
+    texts = class_texts(manifest.class_names, replace(cfg.classtext, enriched=False))
+    emb = enc.encode([t for ts in texts for t in ts])
+    return _normalise(emb.reshape(manifest.num_classes, len(texts[0]), -1).mean(1)).astype(np.float16)
 
 
 def class_text_matrix(cfg: Config) -> tuple[np.ndarray, list[str], list[list[str]] | None]:
@@ -107,16 +123,20 @@ def load_class_text(cfg: Config, manifests: dict[str, Manifest]) -> tuple[np.nda
     return per_split["train"], per_split
 
 
-def load_teacher_features(cfg: Config, manifest: Manifest, device: torch.device) -> np.ndarray:
+def teacher_feature_rows(cfg: Config, manifest: Manifest, device: torch.device, combine: str, salt: int = 0):
+    """Cached teacher image features (`vlmkd teach`, computed here when missing) as a row source: one of the K
+    augmented views per (seed, epoch, image) with combine="pick", or their plain mean with "mean"."""
     if not cfg.clip.name:
         raise ConfigError(
             "a loss needs teacher image features; set clip.name (e.g. open_clip:ViT-L-14/openai)"
         )
+    from vlmkd.tasks.rows import StoreRows
     from vlmkd.teachers.clip import load_clip_teacher
     from vlmkd.teachers.features import teacher_features
 
     teacher = load_clip_teacher(cfg.clip.name, cfg.clip.revision, device=str(device))
-    return teacher_features(teacher, manifest, cfg.clip, device=str(device))
+    feats = teacher_features(teacher, manifest, cfg.clip, device=str(device))
+    return StoreRows(feats.filename, None, combine, cfg.train.seed, salt)
 
 
 def check_same_space(image_dim: int, text_dim: int) -> None:
@@ -126,17 +146,6 @@ def check_same_space(image_dim: int, text_dim: int) -> None:
             f"teacher image features ({image_dim}-d) and class texts ({text_dim}-d) are in different spaces; "
             "embed the class texts with the teacher's text encoder"
         )
-
-
-def zero_shot_teacher_logits(cfg: Config, manifests: dict[str, Manifest], device: torch.device) -> np.ndarray:
-    """KD teacher logits of a CLIP-style teacher used as a zero-shot classifier over the class texts."""
-    feats = np.asarray(load_teacher_features(cfg, manifests["train"], device), dtype=np.float32)
-    if feats.ndim == 3:
-        feats = feats.mean(1)
-    class_text, _ = load_class_text(cfg, manifests)
-    check_same_space(feats.shape[1], class_text.shape[1])
-    scale = 1.0 / cfg.teacher.zero_shot_temperature
-    return (scale * _normalise(feats) @ _normalise(class_text).T).astype(np.float32)
 
 
 def describe_sources(cfg: Config) -> dict[str, Any]:

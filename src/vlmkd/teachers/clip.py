@@ -12,7 +12,6 @@ fingerprint of local weight files), because it keys every cache of teacher featu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -29,7 +28,6 @@ log = logging.getLogger("vlmkd")
 
 CLIP_TEACHERS = Registry("CLIP teacher prefix")
 CLIP_EXTRA = 'pip install "vlmkd[clip]"'
-_FINGERPRINT_BYTES = 1 << 20
 # Which files of a local model folder identify its weights and preprocessing.
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "config.json", "*processor*.json")
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -61,32 +59,25 @@ def _teacher_id(name: str, revision: str | None, fingerprint: str | None = None)
 
 
 def fingerprint(path: str | Path) -> str | None:
-    """A cheap content fingerprint of a local weight file or model folder (None for hub ids).
+    """The content fingerprint of a local weight file or model folder (None for hub ids): sha256 of the weight
+    files' bytes, remembered per (path, size, mtime) so it is computed once (`vlmkd.utils.io.path_fingerprint`).
+    Retrained or swapped weights at the same path get a new teacher_id, hence a new feature cache; a touched or
+    copied file keeps it."""
+    from vlmkd.utils.io import path_fingerprint
 
-    Size plus the first and last MiB of each weight file: retrained or swapped weights at the same path get a new
-    teacher_id, hence a new feature cache, without hashing gigabytes.
-    """
-    p = Path(path)
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
-        files = sorted({f for pat in _WEIGHT_PATTERNS for f in p.glob(pat) if f.is_file()})
-    else:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(_FINGERPRINT_BYTES))
-            if size > 2 * _FINGERPRINT_BYTES:
-                fh.seek(size - _FINGERPRINT_BYTES)
-                h.update(fh.read())
-    return h.hexdigest()[:12]
+    digest = path_fingerprint(path, _WEIGHT_PATTERNS)
+    return digest[:12] if digest else None
 
 
 def _freeze(model: torch.nn.Module, device: str) -> torch.nn.Module:
     return model.to(device).eval().requires_grad_(False)
+
+
+def _route() -> str:
+    """Offline (HF_HUB_OFFLINE), a missing download is final: point at the route that needs none."""
+    from vlmkd.utils.offline import OFFLINE_ROUTE, hub_offline
+
+    return f" (HF_HUB_OFFLINE is set; {OFFLINE_ROUTE})" if hub_offline() else ""
 
 
 def _first_line(e: BaseException) -> str:
@@ -108,13 +99,19 @@ class OpenClipTeacher:
             arch, pretrained = spec, ""
         else:
             arch, _, pretrained = spec.partition("/")
+        if spec.startswith("hf-hub:") or (pretrained and not Path(pretrained).exists()):
+            from vlmkd.utils.offline import check_hub
+
+            check_hub(f"the open_clip weights {spec!r}")  # open_clip alone retries for ~50 s
         try:
             model, _, self._transform = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained or None, device=device
             )
             self.tokenizer = open_clip.get_tokenizer(arch)
         except (RuntimeError, ValueError, OSError, KeyError) as e:
-            raise BackendError(f"cannot create open_clip model {spec!r}: {_first_line(e)}") from None
+            raise BackendError(
+                f"cannot create open_clip model {spec!r}: {_first_line(e)}{_route()}"
+            ) from None
         self.model = _freeze(model, device)
         self.device = device
         self._pre = dict(open_clip.get_model_preprocess_cfg(model))
@@ -186,11 +183,17 @@ class HFClipTeacher:
             from transformers import AutoModel, AutoProcessor
         except ImportError:
             raise ConfigError(f"hf teachers need transformers: {CLIP_EXTRA}") from None
+        if not Path(spec).exists():
+            from vlmkd.utils.offline import check_hub
+
+            check_hub(f"the Hugging Face model {spec!r}")
         try:
             model = AutoModel.from_pretrained(spec, revision=revision)
             processor = AutoProcessor.from_pretrained(spec, revision=revision)
         except (OSError, ValueError) as e:
-            raise BackendError(f"cannot load Hugging Face model {spec!r}: {_first_line(e)}") from None
+            raise BackendError(
+                f"cannot load Hugging Face model {spec!r}: {_first_line(e)}{_route()}"
+            ) from None
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise ConfigError(f"{spec!r} is not a CLIP-style model (no get_image_features/get_text_features)")
         self.image_processor = getattr(processor, "image_processor", processor)

@@ -2,8 +2,9 @@
 
 Layout of one cache: `<clip.cache_dir>/<key[:16]>/meta.json` (the full key and provenance) and `features.npy`
 (float16, N x D for the clean view, N x K x D for K augmented views, not normalised). While it is being computed
-the rows go to `shard_NNNNN.npy` files (atomic writes), so a killed run resumes from its finished shards; once
-`features.npy` is written the shards are removed. The key names the teacher's weights, its preprocessing, the view
+the rows go to `shard_NNNNN.npy` files (atomic writes), so a killed run resumes from its finished shards. Under
+torchrun (or `--shard I/N` job arrays) each process computes its own shards and one merges them into
+`features.npy` (`vlmkd.utils.sharded`); the shards are removed only when no other process can still read them. The key names the teacher's weights, its preprocessing, the view
 and the manifest's content, so switching any of them never reuses stale features (the original OOD code's bug).
 """
 
@@ -24,8 +25,11 @@ from vlmkd.data.dataset import collate_skip
 from vlmkd.data.images import open_image
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ArtifactError, ConfigError, DataError
-from vlmkd.utils.io import artifact_key, atomic_path, load_npy, read_json, save_npy, write_json
+from vlmkd.utils.dist import work_split
+from vlmkd.utils.io import artifact_key, load_npy, read_json, write_json
 from vlmkd.utils.progress import progress
+from vlmkd.utils.provenance import record_artifact, record_model
+from vlmkd.utils.sharded import ShardedRows, spans
 
 log = logging.getLogger("vlmkd")
 
@@ -130,7 +134,7 @@ def _seeded(transform, image, seed: int) -> torch.Tensor:
 
 
 class TeacherViews(Dataset):
-    """Item i: {"pixels": C x H x W (clean) or K x C x H x W (augmented), "index": i}; None for a bad image
+    """Item i: {"image": C x H x W (clean) or K x C x H x W (augmented), "index": i}; None for a bad image
     when on_bad_image="skip" (its feature row stays zero)."""
 
     def __init__(
@@ -163,26 +167,13 @@ class TeacherViews(Dataset):
         if self.squash is not None:
             image = self.squash(image)
         if self.augment is None:
-            return {"pixels": self.teacher.preprocess(image), "index": i}
+            return {"image": self.teacher.preprocess(image), "index": i}
         # seeded per (sample, view): reruns, resumes and any worker count give identical views
         views = [_seeded(self.augment, image, (i * 1_000_003 + v) * 7919) for v in range(self.k)]
-        return {"pixels": torch.stack(views), "index": i}
+        return {"image": torch.stack(views), "index": i}
 
 
 # ------------------------------------------------------------------------------------------------- cache
-
-
-def _shard_path(folder: Path, s: int) -> Path:
-    return folder / f"shard_{s:05d}.npy"
-
-
-def _shard_done(path: Path, rows: int, row_shape: tuple[int, ...]) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        return load_npy(path).shape == (rows, *row_shape)
-    except (ValueError, OSError):
-        return False  # unreadable: recompute it (writes are atomic, so this is a foreign file)
 
 
 @torch.no_grad()
@@ -192,41 +183,15 @@ def _encode(teacher: Any, pixels: torch.Tensor, device: str) -> np.ndarray:
     return feats.reshape(*pixels.shape[: pixels.ndim - 3], -1).numpy()
 
 
-def _compute_shard(
-    loader_args: dict,
-    ds: Dataset,
-    lo: int,
-    hi: int,
-    teacher: Any,
-    device: str,
-    row_shape: tuple[int, ...],
-    bar,
+def _compute_rows(
+    loader_args: dict, ds: Dataset, lo: int, hi: int, teacher: Any, device: str, row_shape: tuple, bar
 ) -> np.ndarray:
     out = np.zeros((hi - lo, *row_shape), dtype=np.float16)
     for b in DataLoader(Subset(ds, range(lo, hi)), collate_fn=collate_skip, shuffle=False, **loader_args):
-        if "pixels" in b:
-            out[b["index"].numpy() - lo] = _encode(teacher, b["pixels"], device)
+        if "image" in b:
+            out[b["index"].numpy() - lo] = _encode(teacher, b["image"], device)
         bar.update(len(b.get("index", ())) + b["skipped"])
     return out
-
-
-def _concatenate(folder: Path, n_shards: int, shape: tuple[int, ...]) -> int:
-    """Shards -> features.npy through a memory map (never the whole array in RAM); returns all-zero rows."""
-    if shape[0] == 0:
-        save_npy(folder / "features.npy", np.zeros(shape, np.float16))
-        return 0
-    skipped = 0
-    with atomic_path(folder / "features.npy") as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        lo = 0
-        for s in range(n_shards):
-            part = load_npy(_shard_path(folder, s))
-            out[lo : lo + len(part)] = part
-            skipped += int((np.abs(part.reshape(len(part), -1)).sum(1) == 0).sum())
-            lo += len(part)
-        out.flush()
-        del out
-    return skipped
 
 
 def _load_finished(folder: Path, key: str, n: int) -> np.ndarray | None:
@@ -246,30 +211,9 @@ def _load_finished(folder: Path, key: str, n: int) -> np.ndarray | None:
     return arr
 
 
-def teacher_features(
-    teacher: Any,
-    manifest: Manifest,
-    clip_cfg: Any,
-    device: str = "cpu",
-    data_cfg: Any = None,
-    shard_size: int = SHARD_SIZE,
-) -> np.ndarray:
-    """float16 teacher image features in manifest order, from the cache or computed (resumably) into it.
-
-    N x D for clip.view=clean (the teacher's own preprocessing of the un-augmented image: the paper's setup),
-    N x K x D for augmented_k (K = clip.num_views seeded RandomResizedCrop+flip views). Memory-mapped when cached.
-    `data_cfg` supplies num_workers and on_bad_image (skipped images get all-zero rows).
-    """
-    key_obj = feature_key(teacher, manifest, clip_cfg)
-    key = artifact_key(key_obj)
-    folder = Path(clip_cfg.cache_dir) / key[:16]
-    n = len(manifest)
-    done = _load_finished(folder, key, n)
-    if done is not None:
-        log.info("teacher features: reusing %s", folder)
-        return done
-    view, k = key_obj["view"], key_obj["num_views"]
-    row_shape = (k, teacher.embed_dim) if view == "augmented_k" else (teacher.embed_dim,)
+def _start_meta(
+    folder: Path, key: str, key_obj: dict, manifest: Manifest, shape: list, shard_size: int
+) -> None:
     meta_path = folder / "meta.json"
     meta = read_json(meta_path) if meta_path.is_file() else None
     if meta is None or meta.get("complete"):  # new, or finished once and features.npy since deleted
@@ -277,40 +221,107 @@ def teacher_features(
             "key": key,
             **key_obj,
             "split": manifest.split,
-            "shape": [n, *row_shape],
+            "shape": shape,
             "dtype": "float16",
             "shard_size": int(shard_size),
             "complete": False,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json(meta_path, meta)
+
+
+def teacher_features(
+    teacher: Any,
+    manifest: Manifest,
+    clip_cfg: Any,
+    device: str = "cpu",
+    data_cfg: Any = None,
+    shard_size: int | None = None,
+    shard: str | tuple[int, int] | None = None,
+    merge: str = "auto",
+) -> np.ndarray | None:
+    """float16 teacher image features in manifest order, from the cache or computed (resumably) into it.
+
+    N x D for clip.view=clean (the teacher's own preprocessing of the un-augmented image: the paper's setup),
+    N x K x D for augmented_k (K = clip.num_views seeded RandomResizedCrop+flip views). Memory-mapped when cached.
+    `data_cfg` supplies num_workers and on_bad_image (skipped images get all-zero rows).
+    Under torchrun every rank must call it: each computes its shards, rank 0 merges (`vlmkd.utils.sharded`).
+    With `shard="I/N"` (job arrays) it returns None while other shards are missing; `merge="only"` computes
+    nothing and merges finished shards (an error when some are missing).
+    """
+    key_obj = feature_key(teacher, manifest, clip_cfg)
+    key = artifact_key(key_obj)
+    folder = Path(clip_cfg.cache_dir) / key[:16]
+    n = len(manifest)
+    split = work_split(shard)
+    done = _load_finished(folder, key, n)
+    split.barrier()  # every rank has looked before any rank writes
+    if done is not None:
+        log.info("teacher features: reusing %s", folder)
+        if merge == "only":
+            ShardedRows.remove_leftovers(folder)
+        _record(teacher, key, folder)
+        return done
+    view, k = key_obj["view"], key_obj["num_views"]
+    row_shape = (k, teacher.embed_dim) if view == "augmented_k" else (teacher.embed_dim,)
+    if split.rank == 0 or not split.collective:
+        size = shard_size or int(getattr(clip_cfg, "shard_size", 0) or SHARD_SIZE)
+        _start_meta(folder, key, key_obj, manifest, [n, *row_shape], size)
+    split.barrier()
+    meta = read_json(folder / "meta.json")
     size = int(meta["shard_size"])  # a resumed run keeps the shard boundaries it started with
-    n_shards = -(-n // size)
-    spans = [(s, s * size, min(n, (s + 1) * size)) for s in range(n_shards)]
-    todo = [(s, lo, hi) for s, lo, hi in spans if not _shard_done(_shard_path(folder, s), hi - lo, row_shape)]
+    rows = ShardedRows(folder, spans(n, size), row_shape, split, "teacher features")
+    todo = [] if merge == "only" else rows.todo()
     if todo:
-        log.info("teacher features: %d/%d shards to compute -> %s", len(todo), n_shards, folder)
-    on_bad = getattr(data_cfg, "on_bad_image", "error")
-    ds = TeacherViews(teacher, manifest, view, k, on_bad, getattr(clip_cfg, "pre_resize", None))
+        log.info("teacher features: %d/%d shards to compute -> %s", len(todo), len(rows.spans), folder)
+    ds = TeacherViews(
+        teacher,
+        manifest,
+        view,
+        k,
+        getattr(data_cfg, "on_bad_image", "error"),
+        getattr(clip_cfg, "pre_resize", None),
+    )
     loader_args = {
         "batch_size": max(1, int(clip_cfg.batch_size)),
         "num_workers": int(getattr(data_cfg, "num_workers", 0) or 0),
     }
     t0 = time.time()
-    with progress(total=sum(hi - lo for _, lo, hi in todo), desc="teacher features", unit="img") as bar:
-        for s, lo, hi in todo:
-            save_npy(
-                _shard_path(folder, s),
-                _compute_shard(loader_args, ds, lo, hi, teacher, device, row_shape, bar),
-            )
-    skipped = _concatenate(folder, n_shards, (n, *row_shape))
-    write_json(
-        meta_path,
-        {**meta, "complete": True, "skipped_images": skipped, "seconds_last_run": round(time.time() - t0, 1)},
-    )
-    for s in range(n_shards):  # features.npy is the artifact now; the shards only served resume
-        _shard_path(folder, s).unlink(missing_ok=True)
+    with progress(
+        total=sum(hi - lo for lo, hi in (rows.spans[s] for s in todo)), desc="teacher features", unit="img"
+    ) as bar:
+        rows.compute(
+            lambda lo, hi: _compute_rows(loader_args, ds, lo, hi, teacher, device, row_shape, bar), todo
+        )
+    if merge == "only" and rows.missing():
+        raise ArtifactError(
+            f"teacher features: {len(rows.missing())} of {len(rows.spans)} shards are missing in "
+            f"{str(folder)!r}; run every `vlmkd teach CONFIG --shard I/N` first"
+        )
+    if rows.merger:
+        rows.concatenate(folder / "features.npy")
+        skipped = _zero_rows(folder / "features.npy")
+        stats = {"skipped_images": skipped, "seconds_last_run": round(time.time() - t0, 1)}
+        write_json(folder / "meta.json", {**meta, "complete": True, **stats})
+        log.info("teacher features: merged %d shards -> %s", len(rows.spans), folder)
+    elif not split.collective:
+        log.info(rows.waiting_message("vlmkd teach CONFIG"))
+        return None
+    rows.finish(explicit_merge=merge == "only")
+    _record(teacher, key, folder)
     return load_npy(folder / "features.npy")
+
+
+def _record(teacher: Any, key: str, folder: Path) -> None:
+    record_artifact("teacher_features", key, folder, teacher=teacher.teacher_id)
+    record_model("clip_teacher", teacher.teacher_id)  # the id carries the local weights' content fingerprint
+
+
+def _zero_rows(path: Path, chunk: int = 65536) -> int:
+    """All-zero rows (skipped images), read in chunks from the memory map."""
+    arr = load_npy(path)
+    flat = arr.reshape(len(arr), -1)
+    return int(sum((np.abs(flat[i : i + chunk]).sum(1) == 0).sum() for i in range(0, len(arr), chunk)))
 
 
 # ---------------------------------------------------------------------------------------------- zero-shot

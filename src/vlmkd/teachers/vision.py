@@ -11,7 +11,12 @@ from torch import nn
 from vlmkd.config import DataConfig, VisionTeacherConfig
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ArtifactError, ConfigError
-from vlmkd.utils.io import artifact_key, load_npy, read_json, save_npy, write_json
+from vlmkd.utils.dist import work_split
+from vlmkd.utils.io import artifact_key, load_npy, path_fingerprint, read_json, write_json
+from vlmkd.utils.provenance import record_artifact, record_model
+from vlmkd.utils.sharded import ShardedRows, spans
+
+LOGIT_SHARD = 8192  # rows per shard: the unit of resume and of the split across ranks
 
 
 class LogitsOnly(nn.Module):
@@ -45,7 +50,8 @@ def load_vision_teacher(
                 f"the student {num_classes}; train the teacher on the same label set"
             )
         wfile = p / "student.safetensors" if p.is_dir() else p
-        teacher_id = f"vlmkd:{artifact_key({'spec': meta['spec'], 'mtime': wfile.stat().st_mtime_ns})[:16]}"
+        weights = path_fingerprint(wfile)  # content, not mtime: a copied or touched file keeps its cache
+        teacher_id = f"vlmkd:{artifact_key({'spec': meta['spec'], 'weights': weights})[:16]}"
         model = LogitsOnly(model)
     else:
         import timm
@@ -55,11 +61,13 @@ def load_vision_teacher(
         model = timm.create_model(
             cfg.name, pretrained=cfg.checkpoint is None, num_classes=num_classes, in_chans=in_chans
         )
-        teacher_id = f"timm:{cfg.name}"
+        teacher_id, weights = f"timm:{cfg.name}", None
         if cfg.checkpoint:
             state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
             model.load_state_dict(state.get("state_dict", state))
-            teacher_id += f"@{Path(cfg.checkpoint).stat().st_mtime_ns}"
+            weights = path_fingerprint(cfg.checkpoint)
+            teacher_id += f"@{weights[:16]}"
+    record_model("vision_teacher", teacher_id, weights)
     return model.to(device).eval().requires_grad_(False), teacher_id
 
 
@@ -70,10 +78,12 @@ def cached_teacher_logits(
     data_cfg: DataConfig,
     cache_dir: str | Path,
     device: torch.device,
+    num_classes: int | None = None,
 ) -> np.ndarray:
-    """Teacher logits on the clean (eval-transform) view of every sample, cached under a content key."""
+    """Teacher logits (float16 N x C) on the clean (eval-transform) view of every sample, cached under a content
+    key. Under torchrun every rank must call it: each computes its shards of rows, rank 0 merges, then all read
+    the cache (`vlmkd.utils.sharded`); no rank builds the whole cache."""
     from vlmkd.data.transforms import preprocess_config
-    from vlmkd.eval.predict import student_outputs
 
     key = artifact_key(
         {
@@ -84,17 +94,41 @@ def cached_teacher_logits(
         }
     )
     folder = Path(cache_dir) / key[:16]
-    if (folder / "meta.json").is_file():
-        meta = read_json(folder / "meta.json")
-        if meta.get("key") != key:
-            raise ArtifactError(f"{folder} holds logits for another key; delete it")
-        return load_npy(folder / "logits.npy")
-    out = student_outputs(_AsStudent(teacher), manifest, data_cfg, device, desc="teacher logits")
-    logits = np.zeros((len(manifest), out["logits"].shape[1]), dtype=np.float16)
-    logits[out["index"]] = out["logits"].astype(np.float16)
-    save_npy(folder / "logits.npy", logits)
-    write_json(folder / "meta.json", {"key": key, "teacher": teacher_id, "n": len(manifest), "view": "clean"})
+    split = work_split()
+    done = _finished_logits(folder, key)
+    split.barrier()  # every rank has looked before any rank writes
+    if not done:
+        c = int(num_classes or manifest.num_classes)
+        rows = ShardedRows(
+            folder / "shards", spans(len(manifest), LOGIT_SHARD), (c,), split, "teacher logits"
+        )
+        rows.compute(lambda lo, hi: _logit_rows(teacher, manifest, lo, hi, c, data_cfg, device))
+        if rows.merger:
+            rows.concatenate(folder / "logits.npy")
+            meta = {"key": key, "teacher": teacher_id, "n": len(manifest), "view": "clean"}
+            write_json(folder / "meta.json", meta)  # last: its presence marks a complete cache
+        rows.finish()
+    record_artifact("teacher_logits", key, folder, teacher=teacher_id)
     return load_npy(folder / "logits.npy")
+
+
+def _finished_logits(folder: Path, key: str) -> bool:
+    if not (folder / "meta.json").is_file():
+        return False
+    if read_json(folder / "meta.json").get("key") != key:
+        raise ArtifactError(f"{folder} holds logits for another key; delete it")
+    return True
+
+
+def _logit_rows(teacher, manifest: Manifest, lo: int, hi: int, c: int, data_cfg, device) -> np.ndarray:
+    from vlmkd.eval.predict import student_outputs
+
+    part = manifest.subset(np.arange(lo, hi))
+    out = student_outputs(_AsStudent(teacher), part, data_cfg, device, desc="teacher logits")
+    logits = np.zeros((hi - lo, c), dtype=np.float16)  # rows of skipped images stay zero
+    if "index" in out:  # absent when every image of the span was skipped
+        logits[out["index"]] = out["logits"].astype(np.float16)
+    return logits
 
 
 class _AsStudent(nn.Module):

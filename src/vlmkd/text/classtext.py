@@ -86,7 +86,10 @@ def _match(class_names: list[str], table: dict[str, list[str]], source: str) -> 
     for c in class_names:
         got = table.get(c) or norm.get(display_name(c).lower())
         if not got:
-            raise DataError(f"no sentence for class {c!r} in {source}; add it or fix the class names")
+            raise DataError(
+                f"no sentence for class {c!r} in {source}; its keys must be this dataset's class names "
+                f"(folder names: {', '.join(class_names[:8])}); add one or drop classtext.sentences_file"
+            )
         out.append(list(got))
     return out
 
@@ -118,7 +121,14 @@ def sentences_openai(class_names: list[str], cfg: Any) -> list[list[str]]:
     from concurrent.futures import ThreadPoolExecutor
 
     from vlmkd.describe.http import ChatClient
+    from vlmkd.utils.offline import OFFLINE_ROUTE, check_server
 
+    if not cfg.llm_base_url or not cfg.llm_model:
+        raise ConfigError(
+            "classtext.sentences_backend=openai needs classtext.llm_base_url and classtext.llm_model; without an "
+            f"LLM, write the sentences yourself ({OFFLINE_ROUTE})"
+        )
+    check_server(cfg.llm_base_url, "the LLM server (classtext.llm_base_url)")  # fail fast, not after retries
     client = ChatClient(cfg.llm_base_url, cfg.llm_model, cfg.llm_api_key_env, cfg.timeout_s, cfg.max_retries)
     params: dict[str, Any] = {"max_tokens": int(cfg.max_new_tokens), "temperature": float(cfg.temperature)}
 
@@ -223,25 +233,26 @@ def classtext_key(class_names: list[str], cfg: Any) -> str:
     )
 
 
-def build_class_texts(class_names: list[str], cfg: Any, embed_cfg: Any = None, encoder: Any = None) -> Path:
+def build_class_texts(
+    class_names: list[str], cfg: Any, embed_cfg: Any = None, encoder: Any = None, shard: Any = None
+) -> Path:
     """Write `<output>/<key16>/classtexts.json` and, with an encoder or embed config, its embedding store
-    (`<output>/<key16>/embeddings/`, ids "<class>#<j>"). Reuses what exists with the same key."""
+    (`<output>/<key16>/embeddings/`, ids "<class>#<j>"). Reuses what exists with the same key.
+    Under torchrun every rank calls it: rank 0 writes the texts while the others wait, then the ranks share the
+    embedding (`embed_texts`); `shard="I/N"` splits the embedding of a job array."""
+    from vlmkd.utils.dist import work_split
+    from vlmkd.utils.sharded import build_once
+
     key = classtext_key(class_names, cfg)
     folder = Path(cfg.output) / key[:16]
     path = folder / "classtexts.json"
-    if path.is_file() and read_json(path).get("key") == key:
-        data = read_json(path)
-    else:
-        sentences = load_sentences(class_names, cfg)
-        texts = class_texts(class_names, cfg, sentences)
-        data = {
-            "key": key,
-            "class_names": list(class_names),
-            "texts": texts,
-            "sentences": sentences,
-            "source": cfg.sentences_backend or ("file" if cfg.sentences_file else "templates"),
-        }
-        write_json(path, data)
+    split = work_split(shard)
+    build_once(
+        split,
+        lambda: path.is_file() and read_json(path).get("key") == key,
+        lambda: _write_class_texts(path, key, class_names, cfg),
+    )
+    data = read_json(path)
     if encoder is None and embed_cfg is not None:
         from vlmkd.text.encoders import build_text_encoder
 
@@ -259,9 +270,42 @@ def build_class_texts(class_names: list[str], cfg: Any, embed_cfg: Any = None, e
             folder / "embeddings",
             ids,
             extra_meta={"source": "classtext", "source_key": key, "class_names": list(class_names)},
+            shard=shard,
         )
-    write_json(Path(cfg.output) / "LATEST", {"key": key, "folder": key[:16]})
+    if split.rank == 0 or not split.collective:
+        write_json(Path(cfg.output) / "LATEST", {"key": key, "folder": key[:16]})
     return folder
+
+
+def _write_class_texts(path: Path, key: str, class_names: list[str], cfg: Any) -> None:
+    sentences = load_sentences(class_names, cfg)
+    data = {
+        "key": key,
+        "class_names": list(class_names),
+        "texts": class_texts(class_names, cfg, sentences),
+        "sentences": sentences,
+        "source": cfg.sentences_backend or ("file" if cfg.sentences_file else "templates"),
+    }
+    write_json(path, data)
+
+
+def dataset_class_names(manifests: dict[str, Any], split: str = "train") -> list[str]:
+    """Every class of the dataset, base and novel alike, in dataset order (image folders: sorted folder names).
+
+    With a base/novel split the training manifest lists only the base classes; class texts must also cover the
+    novel ones (zero-shot evaluation, few-shot, generalized scoring and exports embed them)."""
+    m = manifests[split]
+    if m.source.get("all_classes"):  # ood_lists: the lists fix base and novel
+        return list(m.source["all_classes"])
+    train, ood = manifests.get("train"), manifests.get("ood")
+    src = train.source if train is not None else {}
+    if ood is None or "base_classes" not in src:
+        return list(m.class_names)
+    names = [""] * (len(src["base_classes"]) + len(src["novel_classes"]))
+    for ids, listed in ((src["base_classes"], train.class_names), (src["novel_classes"], ood.class_names)):
+        for i, n in zip(ids, listed):
+            names[i] = n
+    return names
 
 
 def load_class_texts(path: str | Path) -> dict[str, Any]:

@@ -20,8 +20,13 @@ from typing import Any
 import numpy as np
 
 from vlmkd.errors import ArtifactError, DataError
-from vlmkd.utils.io import artifact_key, load_npy, read_json, save_npy, write_json
+from vlmkd.utils.dist import work_split
+from vlmkd.utils.io import artifact_key, atomic_path, load_npy, path_fingerprint, read_json, write_json
 from vlmkd.utils.progress import progress
+from vlmkd.utils.provenance import record_artifact, record_model
+from vlmkd.utils.sharded import ShardedRows, spans
+
+EMBED_SHARD = 65536  # distinct texts per shard: the unit of resume and of the split across processes
 
 log = logging.getLogger("vlmkd")
 
@@ -34,8 +39,19 @@ def texts_digest(items: list[str]) -> str:
     return h.hexdigest()
 
 
-def embedding_key(encoder_id: str, texts: list[str], ids: list[str]) -> str:
-    return artifact_key({"encoder": encoder_id, "texts": texts_digest(texts), "ids": texts_digest(ids)})
+def embedding_key(encoder_id: str, texts: list[str], ids: list[str], weights: str | None = None) -> str:
+    key = {"encoder": encoder_id, "texts": texts_digest(texts), "ids": texts_digest(ids)}
+    if weights:  # only for local folders: stores of hub models keep their keys
+        key["weights"] = weights
+    return artifact_key(key)
+
+
+def encoder_weights(encoder_id: str) -> str | None:
+    """Content fingerprint of a local encoder folder named in `encoder_id` ("name:/path[@revision]"), else None.
+    The id names a path, not its contents: without this, retrained weights saved to the same folder would
+    reuse the old embeddings."""
+    path = encoder_id.partition(":")[2].rsplit("@", 1)[0]
+    return path_fingerprint(path) if path and Path(path).exists() else None
 
 
 def dedup(texts: list[str]) -> tuple[list[str], np.ndarray]:
@@ -45,15 +61,12 @@ def dedup(texts: list[str]) -> tuple[list[str], np.ndarray]:
     return list(pos), inverse
 
 
-def encode_unique(texts: list[str], encoder: Any, batch_size: int = 256, desc: str = "embed") -> np.ndarray:
-    """Encode each distinct text once; returns len(texts) x D float32, L2-normalised."""
-    uniq, inverse = dedup(texts)
-    out = np.zeros((len(uniq), int(encoder.dim)), np.float32)
-    for s in progress(range(0, len(uniq), batch_size), desc=desc, unit="batch"):
-        out[s : s + batch_size] = encoder.encode(uniq[s : s + batch_size])
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    out = out / np.maximum(norms, 1e-12)
-    return out[inverse]
+def _encode_rows(texts: list[str], encoder: Any, batch_size: int, desc: str) -> np.ndarray:
+    """len(texts) x D float16, L2-normalised in float32 first."""
+    out = np.zeros((len(texts), int(encoder.dim)), np.float32)
+    for s in progress(range(0, len(texts), batch_size), desc=desc, unit="batch"):
+        out[s : s + batch_size] = encoder.encode(texts[s : s + batch_size])
+    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float16)
 
 
 class EmbeddingStore:
@@ -65,6 +78,12 @@ class EmbeddingStore:
         self.key = self.meta["key"]
         self.ids: list[str] = read_json(self.path / "ids.json")
         self.array = load_npy(self.path / "embeddings.npy")  # N x D float16, memory-mapped
+        kind = {"descriptions": "embeddings", "classtext": "class_embeddings"}.get(self.meta.get("source"))
+        if kind:  # what a training run reads, for its artifacts.json (the keyed folder, never LATEST)
+            enc = {k: self.meta.get(k) for k in ("encoder_id", "encoder_weights", "source_key")}
+            record_artifact(kind, self.key, self.path, **enc)
+            model = "text_encoder" if kind == "embeddings" else "class_text_encoder"
+            record_model(model, str(enc["encoder_id"]), enc["encoder_weights"])
         self._row: dict[str, int] | None = None
 
     @property
@@ -102,40 +121,86 @@ def embed_texts(
     ids: list[str] | None = None,
     batch_size: int = 256,
     extra_meta: dict[str, Any] | None = None,
-) -> EmbeddingStore:
-    """Encode `texts` (deduplicated) into a keyed store under `out_dir`; an existing store with that key is reused."""
+    shard: str | tuple[int, int] | None = None,
+    merge: str = "auto",
+) -> EmbeddingStore | None:
+    """Encode `texts` (deduplicated) into a keyed store under `out_dir`; an existing store with that key is reused.
+
+    Split across processes like every stage (`vlmkd.utils.sharded`): the distinct texts are cut into shards of
+    EMBED_SHARD, each process encodes its own, one merges. Under torchrun every rank must call it. With
+    `shard="I/N"` (job arrays) it returns None while other shards are missing; `merge="only"` encodes nothing.
+    """
     texts = [str(t) for t in texts]
     ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(texts))]
     if len(ids) != len(texts):
         raise DataError(f"{len(ids)} ids for {len(texts)} texts")
     if len(set(ids)) != len(ids):
         raise DataError("embedding ids must be unique")
-    key = embedding_key(encoder.encoder_id, texts, ids)
-    parent = Path(out_dir)
+    weights = encoder_weights(encoder.encoder_id)
+    key = embedding_key(encoder.encoder_id, texts, ids, weights)
+    parent, split = Path(out_dir), work_split(shard)
     folder = parent / key[:16]
     done = (folder / "meta.json").is_file() and (folder / "embeddings.npy").is_file()
-    if done and read_json(folder / "meta.json").get("key") == key:
+    done = done and read_json(folder / "meta.json").get("key") == key
+    split.barrier()  # every rank has looked before any rank writes
+    if done:
         log.info("embed: up to date (%s)", folder)
+        if merge == "only":
+            ShardedRows.remove_leftovers(folder / "shards")
+    else:
+        uniq, inverse = dedup(texts)
+        rows = ShardedRows(
+            folder / "shards", spans(len(uniq), EMBED_SHARD), (int(encoder.dim),), split, "embed"
+        )
+        if merge != "only":
+            rows.compute(lambda lo, hi: _encode_rows(uniq[lo:hi], encoder, batch_size, "embed"))
+        if rows.missing() and (merge == "only" or not split.collective):
+            log.info(rows.waiting_message("vlmkd embed CONFIG"))
+            if merge == "only":
+                raise ArtifactError(
+                    f"embed: shards are missing in {str(folder)!r}; run every `--shard I/N` first"
+                )
+            return None
+        if rows.merger:
+            _merge_embeddings(rows, inverse, folder, ids)
+            meta = {
+                "key": key,
+                "kind": "embeddings",
+                "encoder_id": encoder.encoder_id,
+                "encoder_weights": weights,
+                "dim": int(encoder.dim),
+                "count": len(texts),
+                "unique_texts": len(uniq),
+                "encoder_calls_saved": len(texts) - len(uniq),
+                **(extra_meta or {}),
+            }
+            write_json(folder / "meta.json", meta)  # last: its presence marks a complete store
+            log.info("embed: %d texts (%d distinct) -> %s", len(texts), len(uniq), folder)
+        rows.finish(explicit_merge=merge == "only")
+    if split.rank == 0 or not split.collective:
         write_json(parent / "LATEST", {"key": key, "folder": key[:16]})
-        return EmbeddingStore(folder)
-    emb = encode_unique(texts, encoder, batch_size)
-    n_unique = len(dedup(texts)[0])
-    save_npy(folder / "embeddings.npy", emb.astype(np.float16))
-    write_json(folder / "ids.json", ids, indent=None)
-    meta = {
-        "key": key,
-        "kind": "embeddings",
-        "encoder_id": encoder.encoder_id,
-        "dim": int(encoder.dim),
-        "count": len(texts),
-        "unique_texts": n_unique,
-        "encoder_calls_saved": len(texts) - n_unique,
-        **(extra_meta or {}),
-    }
-    write_json(folder / "meta.json", meta)  # last: its presence marks a complete store
-    write_json(parent / "LATEST", {"key": key, "folder": key[:16]})
-    log.info("embed: %d texts (%d distinct) -> %s", len(texts), n_unique, folder)
+    split.barrier()
     return EmbeddingStore(folder)
+
+
+def _merge_embeddings(
+    rows: Any, inverse: np.ndarray, folder: Path, ids: list[str], chunk: int = 65536
+) -> None:
+    """The distinct texts' rows -> one row per input text (embeddings.npy, written through a memory map)."""
+    uniq = folder / "shards" / "unique.npy"
+    rows.concatenate(uniq)
+    table = load_npy(uniq)
+    with atomic_path(folder / "embeddings.npy") as tmp:
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float16, shape=(len(inverse), table.shape[1])
+        )
+        for s in range(0, len(inverse), chunk):
+            out[s : s + chunk] = table[inverse[s : s + chunk]]
+        out.flush()
+        del out
+    del table
+    uniq.unlink()
+    write_json(folder / "ids.json", ids, indent=None)
 
 
 def description_ids(sample_ids: list[str], ks: list[int] | np.ndarray) -> list[str]:
@@ -143,8 +208,8 @@ def description_ids(sample_ids: list[str], ks: list[int] | np.ndarray) -> list[s
 
 
 def embed_descriptions(
-    desc_store: Any, encoder: Any, out_dir: str | Path, batch_size: int = 256
-) -> EmbeddingStore:
+    desc_store: Any, encoder: Any, out_dir: str | Path, batch_size: int = 256, **shard: Any
+) -> EmbeddingStore | None:
     """Embed the successful descriptions of a DescriptionStore; ids are "<sample_id>#<k>"."""
     d = desc_store.load()
     extra = {
@@ -152,9 +217,8 @@ def embed_descriptions(
         "source_key": desc_store.key,
         "manifest_key": desc_store.meta.get("manifest_key"),
     }
-    return embed_texts(
-        d["text"], encoder, out_dir, description_ids(d["sample_id"], d["k"]), batch_size, extra
-    )
+    ids = description_ids(d["sample_id"], d["k"])
+    return embed_texts(d["text"], encoder, out_dir, ids, batch_size, extra, **shard)
 
 
 def rows_for_manifest(desc_store: Any, emb_store: EmbeddingStore, manifest: Any, n: int = 1) -> np.ndarray:

@@ -53,6 +53,48 @@ def barrier() -> None:
         dist.barrier()
 
 
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """ "I/N" -> (I, N); None -> torch.distributed RANK/WORLD_SIZE from the environment, else (0, 1)."""
+    from vlmkd.errors import ConfigError
+
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r} must look like I/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+@dataclass(frozen=True)
+class WorkSplit:
+    """Which shards of a stage this process builds: shard s is ours when s % world == rank. `collective`: the
+    ranks share a process group (torchrun), so they meet at barriers and rank 0 merges; otherwise (job arrays,
+    `--shard I/N`) whoever finds every shard written merges."""
+
+    rank: int = 0
+    world: int = 1
+    collective: bool = False
+
+    def mine(self, num_shards: int) -> list[int]:
+        return [s for s in range(num_shards) if s % self.world == self.rank]
+
+    def barrier(self) -> None:
+        if self.collective:
+            barrier()
+
+
+def work_split(shard: str | tuple[int, int] | None = None) -> WorkSplit:
+    """`--shard I/N` (or a tuple) when given, else the process group when one is initialised, else RANK/WORLD_SIZE."""
+    if isinstance(shard, tuple):
+        return WorkSplit(*shard)
+    if shard is None and dist.is_available() and dist.is_initialized():
+        return WorkSplit(dist.get_rank(), dist.get_world_size(), dist.get_world_size() > 1)
+    return WorkSplit(*parse_shard(shard))
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -66,6 +108,46 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 (ranks may hold different row counts); the backward pass sums every rank's
+    gradient for this rank's rows, so a loss computed on the gathered rows trains the rows' producers exactly
+    as one process computing it would (times the world size, which DDP's gradient averaging then divides out)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        rank, longest = dist.get_rank(), max(sizes)
+        pad = torch.zeros((longest - len(t), *t.shape[1:]), dtype=t.dtype, device=t.device)
+        parts = [torch.empty((longest, *t.shape[1:]), dtype=t.dtype, device=t.device) for _ in sizes]
+        dist.all_gather(parts, torch.cat([t, pad]).contiguous())
+        ctx.rank, ctx.sizes = rank, sizes
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        lo = sum(ctx.sizes[: ctx.rank])
+        return grad[lo : lo + ctx.sizes[ctx.rank]], None
+
+
+def row_counts(n: int, device: torch.device | str = "cpu") -> list[int]:
+    """Every rank's row count (rank order); [n] in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [n]
+    local = torch.tensor([n], dtype=torch.int64, device=device)
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    return [int(p) for p in parts]
+
+
+def gather_rows(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenate every rank's rows (rank order, `sizes` from `row_counts`), keeping gradients to this rank's
+    rows (the open_clip gather_with_grad pattern, with a reduce that gloo supports)."""
+    if len(sizes) == 1:
+        return t
+    return _GatherRows.apply(t, sizes)
 
 
 def cleanup() -> None:

@@ -1,0 +1,101 @@
+"""Typed configuration.
+
+A run is described by one `Config` (dataclasses). YAML files only override fields of the defaults; they never
+import or instantiate classes. Dotted CLI overrides (`train.epochs=3`, `losses.cls.name=balanced_softmax`) are
+applied last. Unknown keys are errors that name the closest valid key. The resolved config is saved per run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from vlmkd.config.data import DataConfig, LongTailConfig, SplitConfig
+from vlmkd.config.loading import deep_merge, from_dict, parse_override, read_yaml, set_dotted, to_dict
+from vlmkd.config.stages import (
+    ClassTextConfig,
+    ClipTeacherConfig,
+    DescribeConfig,
+    DomainTeacherConfig,
+    EmbedConfig,
+)
+from vlmkd.config.training import (
+    EvalConfig,
+    LossTerm,
+    ModelConfig,
+    OptimConfig,
+    TextSupervisionConfig,
+    TrainConfig,
+    VisionTeacherConfig,
+    default_losses,
+)
+
+
+@dataclass
+class Config:
+    task: str = "distill"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    losses: dict[str, LossTerm] = field(default_factory=default_losses)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    teacher: VisionTeacherConfig = field(default_factory=VisionTeacherConfig)
+    text: TextSupervisionConfig = field(default_factory=TextSupervisionConfig)
+    clip: ClipTeacherConfig = field(default_factory=ClipTeacherConfig)
+    describe: DescribeConfig = field(default_factory=DescribeConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    classtext: ClassTextConfig = field(default_factory=ClassTextConfig)
+    domain: DomainTeacherConfig = field(default_factory=DomainTeacherConfig)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> Config:
+    """Defaults <- YAML file (with optional `base:` chain) <- dotted overrides, then validated."""
+    raw = to_dict(Config())
+    if base:
+        raw = deep_merge(raw, base)
+    if path is not None:
+        raw = deep_merge(raw, read_yaml(path))
+    for ov in overrides:
+        keys, value = parse_override(ov)
+        set_dotted(raw, keys, value)
+    # LossTerm entries given partially in YAML (e.g. only weight) are completed from the defaults.
+    return from_dict(Config, raw)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from vlmkd.utils.io import atomic_write
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+__all__ = [
+    "ClassTextConfig",
+    "ClipTeacherConfig",
+    "Config",
+    "DataConfig",
+    "DescribeConfig",
+    "DomainTeacherConfig",
+    "EmbedConfig",
+    "EvalConfig",
+    "LongTailConfig",
+    "LossTerm",
+    "ModelConfig",
+    "OptimConfig",
+    "SplitConfig",
+    "TextSupervisionConfig",
+    "TrainConfig",
+    "VisionTeacherConfig",
+    "deep_merge",
+    "from_dict",
+    "load_config",
+    "parse_override",
+    "read_yaml",
+    "save_config",
+    "to_dict",
+]

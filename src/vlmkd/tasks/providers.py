@@ -1,0 +1,218 @@
+"""Providers: one per loss input (`text_emb`, `caption_emb`, `teacher_features`, `teacher_logits`, `class_text`).
+
+A provider is registered under the input's name and built only when an enabled loss term declares that input. It
+serves its tensor in one of two ways:
+
+- cached: `rows` is a per-sample row source (vlmkd.tasks.rows) that the training dataset reads one sample at a
+  time from a memory-mapped store, so the batch carries the rows under the input's name; `forward` may finish them
+  on the task side (zero-shot KD logits are computed per batch from cached features and the class texts);
+- live: `forward(batch, out)` runs a frozen teacher on the batch under no_grad.
+
+Nothing here holds an N x C or N x n x D array: memory is bounded by the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmkd.config import Config
+from vlmkd.data.manifest import Manifest
+from vlmkd.errors import ConfigError
+from vlmkd.registry import Registry
+
+PROVIDERS = Registry("loss input provider")
+SALT = {"text_emb": 1, "caption_emb": 2, "teacher_features": 3}  # independent choices per input
+
+
+@dataclass
+class BuildContext:
+    """What providers are built from; the class-text matrix is loaded once and shared."""
+
+    cfg: Config
+    manifests: dict[str, Manifest]
+    device: torch.device
+    _class_text: Any = field(default=None, repr=False)
+
+    @property
+    def train(self) -> Manifest:
+        return self.manifests["train"]
+
+    def class_text(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self._class_text is None:
+            from vlmkd.tasks.sources import load_class_text
+
+            self._class_text = load_class_text(self.cfg, self.manifests)
+        return self._class_text
+
+
+class Provider(nn.Module):
+    """Serves one loss input; cached providers set `rows`, live ones override `forward`."""
+
+    def __init__(self, name: str, rows: Any = None, dim: int | None = None):
+        super().__init__()
+        self.name, self.rows, self.dim = name, rows, dim
+
+    def forward(self, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.name not in batch:
+            raise ConfigError(
+                f"the batch has no {self.name!r} rows; build the dataset with the task's row sources"
+            )
+        return batch[self.name]
+
+
+class ClassTextProvider(Provider):
+    def __init__(self, class_text: np.ndarray):
+        super().__init__("class_text", dim=int(class_text.shape[1]))
+        self.register_buffer("value", torch.as_tensor(class_text).float(), persistent=False)
+
+    def forward(self, batch, out):
+        return self.value
+
+
+class ZeroShotLogits(Provider):
+    """KD logits of a CLIP teacher as a zero-shot classifier: scale * cos(cached feature row, class text)."""
+
+    def __init__(self, rows: Any, class_text: np.ndarray, temperature: float):
+        super().__init__("teacher_logits", rows)
+        self.register_buffer(
+            "class_text", F.normalize(torch.as_tensor(class_text).float(), dim=-1), persistent=False
+        )
+        self.scale = 1.0 / temperature
+
+    def forward(self, batch, out):
+        feats = batch["teacher_logits"].float()  # the rows are the cached features (views averaged)
+        return self.scale * F.normalize(feats, dim=-1) @ self.class_text.T
+
+
+class LiveTeacher(Provider):
+    """A frozen teacher run on the batch: a vision/zero-shot classifier (logits) or a CLIP image tower (features).
+
+    The teacher is held outside the module tree (never trained or checkpointed); `to()` still moves it.
+    """
+
+    def __init__(self, name: str, teacher: Any, view: Any = None, dim: int | None = None):
+        super().__init__(name, dim=dim)
+        self.__dict__["teacher"] = teacher
+        self.view = view  # student pixels -> the CLIP teacher's input space (features only)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        if isinstance(self.teacher, nn.Module):
+            self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    @torch.no_grad()
+    def forward(self, batch, out):
+        if self.view is None:  # a classifier on the student's own batch
+            t = self.teacher(batch["image"])
+            return t["logits"] if isinstance(t, dict) else t
+        pixels = batch.get("teacher_image")
+        if pixels is None:  # consistent view: the teacher sees the student's own augmented crop
+            pixels = self.view(batch["image"])
+        return self.teacher.encode_image(pixels).float()
+
+
+def build_providers(ctx: BuildContext, needed: set[str]) -> dict[str, Provider]:
+    """The providers of the needed inputs that are not student outputs or labels."""
+    return {name: PROVIDERS.build(name, ctx=ctx) for name in sorted(needed) if name in PROVIDERS}
+
+
+# ------------------------------------------------------------------------------------------------ providers
+
+
+def _image_text(name: str, ctx: BuildContext) -> Provider:
+    from vlmkd.tasks.sources import image_text_rows
+
+    rows = image_text_rows(ctx.cfg, ctx.train, salt=SALT[name])
+    return Provider(name, rows, dim=rows.dim)
+
+
+@PROVIDERS.register("text_emb")
+def text_emb(ctx: BuildContext) -> Provider:
+    return _image_text("text_emb", ctx)
+
+
+@PROVIDERS.register("caption_emb")
+def caption_emb(ctx: BuildContext) -> Provider:  # the descriptions double as the OOD paper's captions (L_cap)
+    return _image_text("caption_emb", ctx)
+
+
+@PROVIDERS.register("class_text")
+def class_text(ctx: BuildContext) -> Provider:
+    return ClassTextProvider(ctx.class_text()[0])
+
+
+@PROVIDERS.register("teacher_features")
+def teacher_features(ctx: BuildContext) -> Provider:
+    cfg = ctx.cfg
+    if cfg.clip.view in ("clean", "augmented_k"):
+        from vlmkd.tasks.sources import teacher_feature_rows
+
+        rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "pick", SALT["teacher_features"])
+        return Provider("teacher_features", rows, dim=rows.dim)
+    if cfg.clip.view != "consistent":
+        raise ConfigError(f"clip.view must be clean, augmented_k or consistent, got {cfg.clip.view!r}")
+    if not cfg.clip.name:
+        raise ConfigError("clip.view=consistent needs clip.name (the teacher runs live on each batch)")
+    teacher, view = _clip_teacher(ctx)
+    return LiveTeacher("teacher_features", teacher, view, dim=int(teacher.embed_dim))
+
+
+@PROVIDERS.register("teacher_logits")
+def teacher_logits(ctx: BuildContext) -> Provider:
+    cfg = ctx.cfg
+    if cfg.teacher.mode not in ("live", "cached"):
+        raise ConfigError(f"teacher.mode must be live or cached, got {cfg.teacher.mode!r}")
+    if cfg.teacher.name == "clip":
+        return _zero_shot_teacher(ctx)
+    from vlmkd.teachers.vision import cached_teacher_logits, load_vision_teacher
+
+    teacher, teacher_id = load_vision_teacher(
+        cfg.teacher, ctx.train.num_classes, cfg.data.in_chans, ctx.device
+    )
+    if cfg.teacher.mode == "live":
+        return LiveTeacher("teacher_logits", teacher.eval().requires_grad_(False))
+    from vlmkd.tasks.rows import StoreRows
+
+    logits = cached_teacher_logits(
+        teacher, teacher_id, ctx.train, cfg.data, cfg.teacher.cache_dir, ctx.device
+    )
+    return Provider("teacher_logits", StoreRows(logits.filename))
+
+
+def _clip_teacher(ctx: BuildContext):
+    from vlmkd.data.transforms import preprocess_config
+    from vlmkd.teachers.clip import load_clip_teacher
+    from vlmkd.teachers.view import TeacherView
+
+    teacher = load_clip_teacher(ctx.cfg.clip.name, ctx.cfg.clip.revision, device=str(ctx.device))
+    return teacher, TeacherView(preprocess_config(ctx.cfg.data), teacher.preprocess_config())
+
+
+def _zero_shot_teacher(ctx: BuildContext) -> Provider:
+    from vlmkd.tasks.sources import check_same_space
+
+    cfg = ctx.cfg
+    if not cfg.clip.name:
+        raise ConfigError("teacher.name=clip needs clip.name (the CLIP teacher that classifies zero-shot)")
+    class_text_arr = ctx.class_text()[0]
+    if cfg.teacher.mode == "cached":  # the clip.view features, cached by `vlmkd teach`
+        from vlmkd.tasks.sources import teacher_feature_rows
+
+        rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "mean")
+        check_same_space(rows.dim, class_text_arr.shape[1])
+        return ZeroShotLogits(rows, class_text_arr, cfg.teacher.zero_shot_temperature)
+    from vlmkd.teachers.zero_shot import ZeroShotClassifier
+
+    teacher, view = _clip_teacher(ctx)  # consistent teaching: the teacher classifies the student's own crop
+    check_same_space(int(teacher.embed_dim), class_text_arr.shape[1])
+    classifier = ZeroShotClassifier(
+        teacher, view, torch.as_tensor(class_text_arr), cfg.teacher.zero_shot_temperature
+    )
+    return LiveTeacher("teacher_logits", classifier)

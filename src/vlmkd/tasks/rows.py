@@ -1,0 +1,125 @@
+"""Per-sample rows of the training artifacts, read one sample at a time from memory-mapped float16 stores.
+
+A `StoreRows` never holds an N-row copy: it keeps the .npy path (the memory map is opened lazily in each process,
+so DataLoader workers and DDP ranks share the file through the page cache) and, for stores with several rows per
+sample, an int32 N x n map from sample to store row (-1 where a row is missing). Random choices (which
+description, which cached teacher view) are a function of (seed, epoch, sample index, salt) only, so they do not
+depend on the global RNG, the worker count, the rank count or a resume point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vlmkd.errors import ConfigError
+
+COMBINE = ("one", "pick", "average", "mean")
+
+
+def pick(seed: int, epoch: int, index: int, salt: int, n: int) -> int:
+    """A reproducible integer in [0, n) for one sample at one epoch."""
+    return int(np.random.default_rng([seed, epoch, index, salt]).integers(n))
+
+
+class StoreRows:
+    """Row i of a sample: `store[i]` (N x D or N x K x D store) or `store[index[i]]` (2-D store + N x n map).
+
+    With several rows per sample, `combine` says how one row is made: `pick` one valid row at random (seeded as
+    above), `average` the L2-normalised valid rows (renormalised), or take their plain `mean`. All-zero rows and
+    -1 entries count as missing; a sample with no valid row gives zeros.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        index: np.ndarray | str | Path | None = None,
+        combine: str = "one",
+        seed: int = 0,
+        salt: int = 0,
+    ):
+        if combine not in COMBINE:
+            raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
+        self.path, self.combine, self.seed, self.salt = str(path), combine, int(seed), int(salt)
+        self.index_path = str(index) if isinstance(index, (str, Path)) else None
+        self._index = None if self.index_path else index
+        self._array: np.ndarray | None = None
+        if self._index is not None and self._index.ndim == 1:
+            self._index = self._index[:, None]
+
+    def __getstate__(self):  # a memory map pickles as a full copy: send the paths, reopen in the worker
+        state = dict(self.__dict__)
+        state["_array"] = None
+        if self.index_path:
+            state["_index"] = None
+        return state
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return self._array
+
+    @property
+    def index(self) -> np.ndarray | None:
+        if self._index is None and self.index_path:
+            self._index = np.load(self.index_path, mmap_mode="r", allow_pickle=False)
+        return self._index
+
+    @property
+    def dim(self) -> int:
+        return int(self.array.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else len(self.array)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.row(i, 0)
+
+    def block(self, i: int) -> np.ndarray:
+        """The sample's valid stored rows, K x D float32 (K may be 0)."""
+        if self.index is None:
+            rows = np.asarray(self.array[i], dtype=np.float32)
+            rows = rows[None] if rows.ndim == 1 else rows
+            return rows[np.abs(rows).sum(-1) > 0] if len(rows) > 1 else rows
+        idx = np.asarray(self.index[i])
+        idx = idx[idx >= 0]
+        return np.asarray(self.array[idx], dtype=np.float32)
+
+    def row(self, i: int, epoch: int = 0) -> np.ndarray:
+        rows = self.block(i)
+        if len(rows) == 0:
+            return np.zeros(self.dim, np.float32)
+        if len(rows) == 1 or self.combine == "one":
+            return rows[0]
+        if self.combine == "pick":
+            return rows[pick(self.seed, epoch, i, self.salt, len(rows))]
+        if self.combine == "mean":
+            return rows.mean(0)
+        unit = rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
+        m = unit.mean(0)
+        return m / max(float(np.linalg.norm(m)), 1e-12)
+
+    def missing(self) -> int:
+        """Samples with no valid row (index map only: a full scan of a feature store would read it all)."""
+        if self.index is None:
+            return 0
+        return int((np.asarray(self.index).max(1) < 0).sum())
+
+
+class LabelRows:
+    """Row i = a per-class matrix's row for sample i's label (class-template text instead of descriptions)."""
+
+    def __init__(self, per_class: np.ndarray, labels: np.ndarray):
+        self.per_class = np.asarray(per_class, dtype=np.float32)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.per_class[self.labels[i]]
+
+    def row(self, i: int, epoch: int = 0) -> np.ndarray:
+        return self[i]

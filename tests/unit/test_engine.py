@@ -1,0 +1,32 @@
+"""Engine parts with golden values: the EMA copy of the student."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlmkd.engine.ema import build_ema
+
+
+def _set(model: nn.Sequential, weight: float, running_mean: float, tracked: int) -> None:
+    with torch.no_grad():
+        model[0].weight.fill_(weight)
+        model[1].running_mean.fill_(running_mean)
+        model[1].running_var.fill_(2 * running_mean)
+        model[1].num_batches_tracked.fill_(tracked)
+
+
+def test_ema_averages_batchnorm_buffers_golden():
+    """decay 0.9; the first update copies, the second mixes: 0.9 * first + 0.1 * second, buffers included."""
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2))
+    ema = build_ema(model, decay=0.9)
+    _set(model, weight=1.0, running_mean=1.0, tracked=5)
+    ema.update_parameters(model)
+    _set(model, weight=3.0, running_mean=3.0, tracked=6)
+    ema.update_parameters(model)
+    avg = ema.module
+    torch.testing.assert_close(avg[0].weight, torch.full((2, 2), 1.2))
+    # BatchNorm statistics are averaged like the weights (torch's default copies the live model's: 3.0 / 6.0)
+    torch.testing.assert_close(avg[1].running_mean, torch.full((2,), 1.2))
+    torch.testing.assert_close(avg[1].running_var, torch.full((2,), 2.4))
+    assert int(avg[1].num_batches_tracked) == 6  # a counter: copied, not averaged
