@@ -208,7 +208,7 @@ def child(config: str, run_dir: str, out: str) -> None:
     peak["pss"] = max(peak["pss"], proc.memory_full_info().pss)
     rank = os.environ.get("RANK", "0")
     rec = {
-        "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_peak_mb": peak_rss_mb(),
         "pss_peak_mb": peak["pss"] / 2**20,
         "wall_s": round(time.time() - t0, 1),
     }
@@ -223,6 +223,15 @@ def touch(row_sources) -> None:
             if isinstance(arr, np.ndarray):
                 for lo in range(0, len(arr), 65536):
                     float(np.asarray(arr[lo : lo + 65536], dtype=np.float32).sum())
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that over from the parent
+    through fork and exec, so a child of a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
 def measure(config: Path, run_dir: Path, nproc: int, touch_all: bool = False) -> list[dict]:

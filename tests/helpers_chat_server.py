@@ -82,7 +82,9 @@ class ChatServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+            disable_nagle_algorithm = (
+                True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+            )
 
             def log_message(self, *a):  # quiet
                 pass
@@ -118,7 +120,9 @@ class ChatServer:
                         fault = server.fault_fn(len(server.requests), d)
                     elif server.faults.get(d):
                         fault = server.faults[d].pop(0)
-                    server.requests.append({"digest": d, "fault": fault, "auth": auth})
+                    server.requests.append(
+                        {"digest": d, "fault": fault, "auth": auth, "port": self.client_address[1]}
+                    )
                 if server.require_key and auth != f"Bearer {server.require_key}":
                     return self._send(401, b'{"error": "bad key"}')
                 if server.delay_s:

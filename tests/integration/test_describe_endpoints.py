@@ -70,3 +70,13 @@ def test_pool_least_loaded_adaptive_limit_and_backoff():
     time.sleep(0.25)
     got = [pool.acquire() for _ in range(2)]  # b's backoff is over: used again
     assert {id(e) for e, _ in got} == {id(ea), id(eb)} and dict((e.url, lim) for e, lim in got)[eb.url] == 4
+
+
+def test_class_sentence_llm_accepts_a_list_of_servers():
+    from vlmkd.config import ClassTextConfig
+    from vlmkd.text.classtext import sentences_openai
+
+    with ChatServer(delay_s=0.05) as a, ChatServer(delay_s=0.05) as b:
+        cfg = ClassTextConfig(sentences_backend="openai", llm_base_url=[a.url, b.url], llm_model="m", concurrency=4)
+        out = sentences_openai(["cat", "dog", "owl", "bat", "eel", "yak"], cfg)
+    assert len(out) == 6 and a.answered + b.answered == 6 and min(a.answered, b.answered) >= 2

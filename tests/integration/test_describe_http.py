@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 
 import pytest
 
@@ -41,7 +42,9 @@ def fast_retries(monkeypatch):
     monkeypatch.setattr("vlmkd.describe.http.ChatClient._delay", lambda self, a, r: 0.01)
 
 
-def test_faults_retried_in_run_failures_over_threshold_exit_then_rerun_retries_only_them(tmp_path, fast_retries):
+def test_faults_retried_in_run_failures_over_threshold_exit_then_rerun_retries_only_them(
+    tmp_path, fast_retries
+):
     m = png_manifest(tmp_path, n=10)
     dg = _digests(m)
     faults = {
@@ -177,3 +180,49 @@ def test_dry_run_estimates_tokens_and_wall_time_per_server_count(tmp_path):
     by = est["estimated_seconds_by_servers"]
     assert est["per_request_latency_s"] >= 0.05 and by["1"] == pytest.approx(2 * by["2"], abs=0.02)
     assert not (tmp_path / "desc").exists()  # a dry run stores nothing
+
+
+def test_connections_are_kept_alive(tmp_path):
+    m = png_manifest(tmp_path, n=20, size=8)
+    with ChatServer() as srv:
+        cfg = _cfg(tmp_path, srv.url, concurrency=2)
+        describe_manifest(m, cfg, build_describer(cfg))
+    assert srv.count() == 20 and len({r["port"] for r in srv.requests}) <= 4  # not one connection per request
+
+
+def test_cli_skips_unreadable_images_under_skip_and_names_them(tmp_path, capsys):
+    from conftest import make_image_folder
+    from vlmkd.cli import main
+
+    root = make_image_folder(tmp_path / "data", per_class=(3, 2, 2))
+    (root / "train" / "cat" / "cat_0.png").write_bytes(b"")
+    (root / "train" / "dog" / "dog_1.png").write_bytes(b"not an image at all")
+    with ChatServer() as srv:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"data: {{format: image_folder, root: '{root}'}}\n"
+            f"describe: {{backend: openai, model: m, base_url: '{srv.url}', output: '{tmp_path / 'desc'}'}}\n"
+        )
+        assert main(["describe", str(cfg)]) == 2  # on_bad_image=error: one line naming the file
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("cat_0.png" in err[0] or "dog_1.png" in err[0])
+        assert main(["describe", str(cfg), "data.on_bad_image=skip"]) == 0
+        out = capsys.readouterr().out
+        assert "5 descriptions ok, 0 failed, 2 skipped" in out and "cat_0.png" in out and "dog_1.png" in out
+        asked = srv.count()
+        assert main(["describe", str(cfg), "data.on_bad_image=skip"]) == 0
+        assert srv.count() == asked  # skipped images are not retried
+
+
+def test_server_down_fails_fast_with_the_reason(tmp_path, fast_retries):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    m = png_manifest(tmp_path, n=30, size=8)
+    cfg = _cfg(tmp_path, url, concurrency=4, fail_fast_after=8)
+    t0 = time.monotonic()
+    with pytest.raises(FailFast, match="first 8 requests all failed the same way: cannot connect"):
+        describe_manifest(m, cfg, build_describer(cfg))
+    assert time.monotonic() - t0 < 10

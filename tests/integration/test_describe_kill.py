@@ -51,7 +51,11 @@ def test_sigkill_at_half_keeps_most_rows_then_resume(tmp_path):
         assert kept >= 160, f"a kill at 50% kept only {kept} of 400 rows"
         asked_first = srv.count()
         r = subprocess.run(
-            [sys.executable, "-m", "vlmkd", "describe", str(cfg)], env=env, capture_output=True, text=True, timeout=180
+            [sys.executable, "-m", "vlmkd", "describe", str(cfg)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         assert r.returncode == 0, r.stderr
         assert srv.count() - asked_first == 400 - kept  # finished rows were not redone

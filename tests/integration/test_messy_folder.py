@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from helpers_chat_server import ChatServer
 from helpers_messy_images import FILE_MODES, broken_files, exif_rotated_jpeg, save_in_mode
-
 from vlmkd.cli import main
 
 CLASSES = ["fine h", "fine v", "wide h", "wïde v"]  # stripes: period 4 or 8 px, horizontal or vertical
@@ -45,7 +45,11 @@ def build_folder(root: Path) -> dict[str, str]:
                 for i in range(n):
                     stem = folder / f"{mode.replace(';', '_')}_{i}"
                     g = stripes(c, rng)
-                    p = exif_rotated_jpeg(g, stem.with_suffix(".jpg")) if mode == "exif" else save_in_mode(g, mode, stem)
+                    p = (
+                        exif_rotated_jpeg(g, stem.with_suffix(".jpg"))
+                        if mode == "exif"
+                        else save_in_mode(g, mode, stem)
+                    )
                     modes[str(p.relative_to(root))] = mode
     broken_files(root / "train" / CLASSES[3])
     return modes
@@ -112,3 +116,21 @@ def _accuracy_per_mode(preds: list[dict], root: Path, modes: dict[str, str]) -> 
         rel = str(Path(r["path"]).resolve().relative_to(root.resolve()))
         hits.setdefault(modes[rel], []).append(r["label"] == Path(rel).parent.name)
     return {m: round(float(np.mean(h)), 3) for m, h in sorted(hits.items())}
+
+
+def test_two_process_training_takes_every_step_when_a_rank_draws_only_bad_images(tmp_path):
+    """Mostly unreadable files: some rank's batch is all bad. Dropping them would make that rank skip a step
+    the other takes (a DDP hang); replaced by readable stand-ins, both ranks take every step."""
+    from test_train import tiny_config, torchrun_train
+
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "d", per_class=(2, 2, 2), size=16)
+    for c in ("cat", "dog", "owl"):
+        for i in range(10):
+            broken_files(root / "train" / c / f"bad{i}")  # 4 broken files each: 120 of 126 images
+    cfg = tiny_config(tmp_path, root, data={"on_bad_image": "skip"}, train={"epochs": 2}, eval={"every": 0})
+    torchrun_train(cfg, tmp_path / "run", 2, "train.device=cpu")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["timings"]["steps"] == 2 * (126 // 8)  # every batch of every epoch, on both ranks
+    assert len(summary["timings"]["skipped_files"]) > 10

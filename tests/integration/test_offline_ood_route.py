@@ -90,6 +90,9 @@ def test_offline_open_vocabulary_route(tmp_path, capsys):
     # 3. teach + train on the base classes
     run = tmp_path / "runs/route"
     assert main(["teach", cfg, clip]) == 0
+    # an embed_dim inherited from a CLIP recipe against the 384-d MiniLM side: one line, not a matmul traceback
+    assert main(["train", cfg, "--run-dir", str(tmp_path / "bad"), clip, "model.embed_dim=768"]) == 2
+    assert "model.embed_dim=768 but the class-text embeddings are 384-d" in capsys.readouterr().err
     assert main(["train", cfg, "--run-dir", str(run), clip]) == 0
     capsys.readouterr()
 

@@ -291,3 +291,25 @@ def test_data_stats_does_not_count_unreadable_files(image_folder, capsys):
     out = capsys.readouterr().out
     assert "unreadable: 4 files" in out and all(p in out for p in bad)
     assert "    0  cat        6" in out
+
+
+def test_dataset_decodes_big_files_small_and_applies_the_pixel_cap(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import vlmkd.data.images as images
+    from vlmkd.data.manifest import Manifest
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (1600, 2000, 3), dtype=np.uint8)).save(tmp_path / "big.jpg")
+    m = Manifest(ids=["big.jpg"], labels=[0], class_names=["c"], root=str(tmp_path), paths=["big.jpg"])
+    sizes = []
+    real = images.load_image
+    monkeypatch.setattr(
+        images, "load_image", lambda *a, **k: sizes.append(real(*a, **k).size) or real(*a, **k)
+    )
+    cfg = DataConfig(image_size=32, in_chans=3)
+    assert ManifestDataset(m, build_transform(cfg, train=True))[0]["image"].shape == (3, 32, 32)
+    assert sizes[0] == (160, 128)  # 4 x 32 on the shorter side, not 2000 x 1600 every epoch
+    capped = build_transform(DataConfig(image_size=32, in_chans=3, max_image_pixels=1_000_000), train=False)
+    with pytest.raises(DataError, match="above data.max_image_pixels=1,000,000"):
+        ManifestDataset(m, capped)[0]

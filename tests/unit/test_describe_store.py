@@ -134,7 +134,10 @@ def _png_bomb(path, side=30_000):
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -217,3 +220,13 @@ def test_bundled_vocabularies():
 def test_greedy_n_gt_1_is_refused():
     with pytest.raises(ConfigError, match="do_sample"):
         build_describer(DescribeConfig(backend="openai", n_descriptions=2, base_url="http://x", model="m"))
+
+
+def test_model_card_names_the_describer_that_wrote_the_descriptions(tmp_path):
+    from vlmkd.export.card import _describer
+
+    m = png_manifest(tmp_path, n=3)
+    folder = describe_manifest(m, _cfg(tmp_path), FlakyDescriber())
+    config = {"text": {"descriptions": str(folder)}, "describe": {"backend": "openai", "model": "recipe-default"}}
+    line = _describer(config)
+    assert "`fake-vlm`" in line and "`fake`" in line and "recipe-default" not in line

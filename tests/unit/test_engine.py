@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -30,3 +31,31 @@ def test_ema_averages_batchnorm_buffers_golden():
     torch.testing.assert_close(avg[1].running_mean, torch.full((2,), 1.2))
     torch.testing.assert_close(avg[1].running_var, torch.full((2,), 2.4))
     assert int(avg[1].num_batches_tracked) == 6  # a counter: copied, not averaged
+
+
+def test_one_device_resolver(monkeypatch):
+    from vlmkd.errors import ConfigError
+    from vlmkd.utils.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="no CUDA device is available"):
+        resolve_device("cuda:0")
+    with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # under torchrun a bare "cuda" is this rank's GPU, not cuda:0 for every rank
+    assert (
+        resolve_device("cuda", local_rank=1) == resolve_device("auto", local_rank=1) == torch.device("cuda:1")
+    )
+    assert resolve_device("cuda:0", local_rank=1) == torch.device("cuda:0")
+
+
+def test_timm_teacher_without_checkpoint_for_another_class_count_is_refused():
+    """Pretrained ImageNet weights with a random 3-class head: KD would learn from noise."""
+    from vlmkd.config import VisionTeacherConfig
+    from vlmkd.errors import ConfigError
+    from vlmkd.teachers.vision import load_vision_teacher
+
+    with pytest.raises(ConfigError, match="1000-class pretrained head but this dataset has 3 classes"):
+        load_vision_teacher(VisionTeacherConfig(name="resnet18"), 3, 3, torch.device("cpu"))

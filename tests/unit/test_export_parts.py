@@ -227,3 +227,63 @@ def test_squash_resize_keeps_the_whole_image():
     )
     with pytest.raises(ConfigError, match="resize_mode 'stretch'; choose shorter or squash"):
         train_build_transform(dataclasses.replace(cfg, resize_mode="stretch"), train=False)
+
+
+def test_predictor_applies_gamma_to_seen_classes_only():
+    from vlmkd.predict import Predictor
+
+    text = np.eye(3, dtype=np.float32)
+    runtime = lambda x: {"embedding": x}  # noqa: E731 - the "model" returns its input as the embedding
+    emb = np.array([[0.8, 0.1, 0.7], [0.1, 0.2, 0.9]], np.float32)
+    raw = Predictor(runtime, {}, ["a", "b", "new"], "cosine", text, 0.1)
+    assert raw.logits(emb).argmax(1).tolist() == [0, 2]
+    cal = Predictor(
+        runtime, {}, ["a", "b", "new"], "cosine", text, 0.1, seen=np.array([1, 1, 0], bool), gamma=0.2
+    )
+    assert cal.logits(emb).argmax(1).tolist() == [2, 2]
+    np.testing.assert_allclose(cal.logits(emb)[:, 2], raw.logits(emb)[:, 2])
+
+
+def test_class_texts_come_from_the_run_library_first(tmp_path):
+    """Names the run knows keep its exact rows and texts; others get its templates; gamma and seen flags survive
+    `classes add` / `remove`, and added classes are unseen."""
+    from vlmkd.export.texts import TextLibrary, resolve_classes
+
+    enc = HashEncoder()
+    row = enc.encode(["stored row"])[0]
+    lib = TextLibrary(
+        texts={"sea_lion": ["a photo of sea lion . It is sleek."]},
+        rows={"sea_lion": row},
+        templates=["a photo of a {name}.", "a {name}"],
+    )
+    texts, rows, _ = resolve_classes(["sea_lion", "red_panda"], lib, enc)
+    assert texts == [["a photo of sea lion . It is sleek."], ["a photo of a red panda.", "a red panda"]]
+    np.testing.assert_allclose(rows[0], row / np.linalg.norm(row), atol=1e-6)
+    np.testing.assert_allclose(rows[1], embed_classes(enc, [texts[1]])[0], atol=1e-6)
+
+    d = _store(tmp_path, enc)
+    info = json.loads((d / "classes.json").read_text())
+    info.update(gamma=0.1, seen=[True, True], text_library={"texts": {"owl": ["an owl at night."]}})
+    (d / "classes.json").write_text(json.dumps(info))
+    add_classes(d, ["owl", "fox"], encoder=enc)
+    info, arr = read_class_store(d)
+    assert info["texts"][2:] == [["an owl at night."], ["a photo of a fox."]]
+    np.testing.assert_allclose(arr[2], enc.encode(["an owl at night."])[0], atol=1e-6)
+    assert info["gamma"] == 0.1 and info["seen"] == [True, True, False, False]
+    remove_classes(d, ["dog"])
+    assert read_class_store(d)[0]["seen"] == [True, False, False]
+
+
+def test_classes_add_replace_says_replaced(tmp_path, capsys):
+    from vlmkd.cli import main
+
+    d = _store(tmp_path, HashEncoder())
+    info = json.loads((d / "classes.json").read_text())
+    info["encoder"] = None  # so that the CLI's default encoder is not checked against the fake one
+    (d / "classes.json").write_text(json.dumps(info))
+    from unittest import mock
+
+    with mock.patch("vlmkd.export.classes.build_encoder", return_value=HashEncoder()):
+        assert main(["classes", "add", str(d), "cat", "--text", "a black cat", "--replace"]) == 0
+    out = capsys.readouterr().out
+    assert "replaced cat" in out and "added" not in out

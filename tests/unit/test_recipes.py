@@ -117,7 +117,7 @@ def check_override(config: Path, override: str) -> None:
 def test_header_commands_parse_with_the_cli(path, cli, capsys):
     parser, subcommands = cli
     for command in header_commands(path):
-        argv = shlex.split(command.rstrip("&").strip())[1:]
+        argv = shlex.split(command.rstrip("&").strip(), comments=True)[1:]  # a trailing "# ..." is a comment
         assert argv[0] in subcommands, f"{path.name}: `vlmkd {argv[0]}` is not a vlmkd command"
         # shell expansions ($R, $NOVEL) stand for values the user supplies
         argv = [a for a in argv if not a.startswith("$")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -153,6 +154,8 @@ def test_llm_unreachable_fails_fast_in_one_line(tmp_path):
         build_class_texts(["cat"], cfg)
     assert time.monotonic() - t0 < 3 and "\n" not in str(err.value)
     assert "sentences_file" in str(err.value) and "teacher train" in str(err.value)
+    with pytest.raises(ConfigError, match="VLMKD_TEST_NO_SUCH_KEY .* is not set.*sentences_file"):
+        build_class_texts(["cat"], dataclasses.replace(cfg, llm_api_key_env="VLMKD_TEST_NO_SUCH_KEY"))
     with pytest.raises(ConfigError, match="write the sentences yourself"):
         build_class_texts(
             ["cat"], ClassTextConfig(enriched=True, sentences_backend="openai", output=str(tmp_path))

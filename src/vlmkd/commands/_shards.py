@@ -23,13 +23,10 @@ def add_shard_args(p: argparse.ArgumentParser, stage: str) -> None:
 def start_workers(args: argparse.Namespace, device: str):
     """(device, WorkSplit): joins the process group under torchrun (gloo on CPU), so ranks share the work."""
     from vlmkd.errors import ConfigError
-    from vlmkd.teachers.clip import resolve_device
+    from vlmkd.utils.device import resolve_device
     from vlmkd.utils.dist import init_distributed, work_split
 
     if args.shard and "WORLD_SIZE" in os.environ:
         raise ConfigError("--shard is for job arrays; under torchrun the ranks split the work by themselves")
     info = init_distributed(device)
-    device = resolve_device(device)
-    if info.enabled and device.startswith("cuda"):
-        device = f"cuda:{info.local_rank}"
-    return device, work_split(args.shard)
+    return str(resolve_device(device, info.local_rank)), work_split(args.shard)

@@ -43,13 +43,13 @@ def build_teacher(cfg):
     """The contrastive model the interrogate describer ranks phrases with (cfg.clip.name)."""
     from vlmkd.errors import ConfigError
     from vlmkd.teachers import build_clip_teacher
-    from vlmkd.teachers.clip import resolve_device
+    from vlmkd.utils.device import resolve_device
 
     if not cfg.clip.name:
         raise ConfigError(
             "the interrogate describer needs clip.name (e.g. domain:artifacts/domain_teacher/<id>)"
         )
-    return build_clip_teacher(cfg.clip, resolve_device(cfg.describe.device))
+    return build_clip_teacher(cfg.clip, str(resolve_device(cfg.describe.device)))
 
 
 def run(args: argparse.Namespace) -> int:

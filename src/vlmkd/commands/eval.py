@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(run_dir / "calibration.json", {"gamma": gen["gamma"], "calibration": gen["calibration"]})
     if args.few_shot:
         from vlmkd.eval.fewshot import few_shot_eval
-        from vlmkd.teachers.clip import resolve_device
+        from vlmkd.utils.device import resolve_device
 
         summary["splits"][f"ood_test_{args.few_shot}shot"] = few_shot_eval(
             student,
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             args.few_shot_steps,
             args.seed,
             spec.temperature,
-            resolve_device(cfg.train.device),
+            str(resolve_device(cfg.train.device)),
         )
     if args.representation:
         summary["representation"] = _representation(student, cfg, manifests)
@@ -133,37 +133,27 @@ def _print_splits(summary: dict) -> None:
         print(f"{split}: " + " ".join(parts))
 
 
-def _class_texts(cfg) -> tuple[list[str], list[list[str]]]:
-    """Class names and their texts (list per class) from text.class_embeddings."""
-    from vlmkd.errors import ArtifactError
-    from vlmkd.tasks.sources import class_text_matrix
-
-    _, names, texts = class_text_matrix(cfg)
-    if texts is None:
-        raise ArtifactError(
-            f"no class texts next to {cfg.text.class_embeddings!r}; the teacher encodes the texts itself, so "
-            "point text.class_embeddings at a `vlmkd classtext` output"
-        )
-    return names, texts
-
-
 def _teacher_splits(cfg, manifests, splits, min_size: int = 1):
-    """(teacher, device, iterator of (split, manifest, clean-view teacher features, the teacher's class-text
-    features)) over the splits whose classes all have class texts; texts go through the teacher's own tower."""
+    """(teacher, device, iterator of (split, manifest, clean-view teacher features, class-text rows)) over the
+    splits whose classes all have class texts. The rows are the stored text.class_embeddings that zero-shot KD
+    scores against (checked to be the teacher's own text space), so eval reports the teacher KD used."""
     import dataclasses
 
+    import torch
+
     from vlmkd.errors import ConfigError
+    from vlmkd.tasks.sources import check_teacher_texts, class_text_matrix
     from vlmkd.teachers import build_clip_teacher
-    from vlmkd.teachers.clip import resolve_device
-    from vlmkd.teachers.features import class_text_features, teacher_features
+    from vlmkd.teachers.features import teacher_features
+    from vlmkd.utils.device import resolve_device
 
     if not cfg.clip.name:
         raise ConfigError(
             "this needs the run's CLIP teacher: set clip.name (in the config or as an override)"
         )
-    names, texts = _class_texts(cfg)
+    matrix, names, _ = class_text_matrix(cfg)
     row = {n: i for i, n in enumerate(names)}
-    device = resolve_device(cfg.train.device)
+    device = str(resolve_device(cfg.train.device))
     teacher = build_clip_teacher(cfg.clip, device)
     clean = dataclasses.replace(cfg.clip, view="clean", num_views=1)  # the cached, un-augmented view
 
@@ -173,14 +163,16 @@ def _teacher_splits(cfg, manifests, splits, min_size: int = 1):
             if m is None or len(m) < min_size or any(n not in row for n in m.class_names):
                 continue
             feats = np.asarray(teacher_features(teacher, m, clean, device, cfg.data), dtype=np.float32)
-            yield split, m, feats, class_text_features(teacher, [texts[row[n]] for n in m.class_names])
+            rows = matrix[[row[n] for n in m.class_names]].astype(np.float32)
+            check_teacher_texts(teacher, cfg, m.class_names, rows)
+            yield split, m, feats, torch.from_numpy(rows)
 
     return teacher, device, items()
 
 
 def _eval_teacher(cfg, out: str | None) -> int:
     """Zero-shot accuracy of the CLIP teacher, each split scored among its own classes (the student's label sets:
-    id among the base classes, ood_test among the novel ones), class texts through the teacher's text tower."""
+    id among the base classes, ood_test among the novel ones), against the class-text rows zero-shot KD uses."""
     import json
 
     from vlmkd.data import build_manifests

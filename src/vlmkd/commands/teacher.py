@@ -26,9 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _device(cfg: Any, flag: str | None) -> str:
-    from vlmkd.teachers.clip import resolve_device
+    from vlmkd.utils.device import resolve_device
 
-    return resolve_device(flag or cfg.train.device)
+    return str(resolve_device(flag or cfg.train.device))
 
 
 def _class_texts(cfg: Any, names: list[str], encoder: Any, enriched: bool) -> list[list[str]]:

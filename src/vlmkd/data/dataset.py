@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, default_collate
 from vlmkd.data.images import open_image, sample_path
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ConfigError, DataError
+from vlmkd.utils.rng import seeded_call
 
 log = logging.getLogger(__name__)
 # A replacement is searched among this many samples after the bad one before the dataset is declared broken.
@@ -116,16 +117,8 @@ class ManifestDataset(Dataset):
             return img
         if self.seed is None:
             return self.transform(img)
-        # Seeding per sample makes augmentation independent of worker count, world size and resume point,
-        # which is what makes a resumed or a 2-process run reproduce a plain one exactly.
-        # The CPU generator is seeded directly (torch.manual_seed would also queue CUDA seeding, which is slow).
-        gen = torch.random.default_generator
-        state = gen.get_state()
-        gen.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
-        try:
-            return self.transform(img)
-        finally:
-            gen.set_state(state)
+        # seeded per sample: a resumed or a 2-process run reproduces a plain one exactly
+        return seeded_call(self.transform, img, seed=(self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
 
 
 def collate_skip(batch: list[dict | None]) -> dict[str, Any]:

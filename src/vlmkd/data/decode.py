@@ -50,13 +50,22 @@ def load_image(
             if target != im.size and im.format == "JPEG":
                 im.draft(im.mode, target)  # libjpeg decodes at 1/2, 1/4 or 1/8 scale, still >= target
             im.load()
-            out = to_rgb_or_l(ImageOps.exif_transpose(im), mode)
+            out = to_rgb_or_l(_upright(im), mode)
     except DataError:
         raise
     except Exception as e:  # any decoder failure (OSError, SyntaxError, struct.error, ...) is a bad file
         raise DataError(describe_failure(p, e)) from None
     target = _target_size(out.size, max_side, shorter_side)
     return out.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0) if target != out.size else out
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; a malformed EXIF block leaves it as stored (the pixels
+    themselves are fine, so the file is not a bad image)."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:
+        return im.copy()
 
 
 def open_checked(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:

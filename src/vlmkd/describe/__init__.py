@@ -14,7 +14,8 @@ from vlmkd.describe import hf as _hf  # noqa: F401  (registers "transformers")
 from vlmkd.describe import http as _http  # noqa: F401  (registers "openai")
 from vlmkd.describe import interrogate as _interrogate  # noqa: F401  (registers "interrogate")
 from vlmkd.describe.base import DESCRIBERS, Description
-from vlmkd.describe.run import describe_manifest, description_key, estimate_cost, merge_view
+from vlmkd.describe.estimate import estimate_cost
+from vlmkd.describe.run import describe_manifest, description_key, merge_view
 from vlmkd.describe.store import DescriptionStore
 from vlmkd.utils.dist import parse_shard
 

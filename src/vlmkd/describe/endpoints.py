@@ -56,7 +56,11 @@ def as_url_list(base_url: str | list[str] | None) -> list[str]:
 
 class EndpointPool:
     def __init__(
-        self, base_urls: str | list[str] | None, concurrency: int, backoff_s: float = 1.0, max_backoff_s: float = 30.0
+        self,
+        base_urls: str | list[str] | None,
+        concurrency: int,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
     ):
         c = max(1, int(concurrency))
         self.endpoints = [Endpoint(chat_url(u), max_limit=c, limit=c) for u in as_url_list(base_urls)]
@@ -93,7 +97,9 @@ class EndpointPool:
                     e.limit, e.ok_streak = e.limit + 1, 0
             elif outcome == "timeout":
                 e.limit, e.ok_streak = max(1, e.limit // 2), 0
-            elif outcome == "down":
+            elif (
+                outcome == "down" and e.backoff_until <= time.monotonic()
+            ):  # requests failing together: one event
                 e.down_streak += 1
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (e.down_streak - 1))
                 e.backoff_until = time.monotonic() + delay

@@ -28,14 +28,9 @@ from vlmkd.describe.base import (
 )
 from vlmkd.describe.keys import sample_seed
 from vlmkd.errors import BackendError, ConfigError
+from vlmkd.utils.device import resolve_device
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(device: str) -> torch.device:
-    if device in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -149,7 +144,9 @@ class TransformersDescriber:
             on_done(len(images))
         return out
 
-    def _generate(self, images: list[Image.Image], prompts: list[str], n: int, seeds) -> list[list[Description]]:
+    def _generate(
+        self, images: list[Image.Image], prompts: list[str], n: int, seeds
+    ) -> list[list[Description]]:
         try:
             return self._generate_batch(images, prompts, n, seeds)
         except torch.cuda.OutOfMemoryError:

@@ -76,7 +76,9 @@ class ChatClient:
         if not model:
             raise ConfigError("the openai backend needs a model name (the name the server serves)")
         if api_key_env and not os.environ.get(api_key_env):
-            raise ConfigError(f"environment variable {api_key_env} (api_key_env) is not set; export the API key")
+            raise ConfigError(
+                f"environment variable {api_key_env} (api_key_env) is not set; export the API key"
+            )
         self.pool = EndpointPool(base_url, concurrency)
         self.url = self.pool.endpoints[0].url
         self.model, self.api_key_env = model, api_key_env
@@ -125,7 +127,9 @@ class ChatClient:
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             return self._failed_at(ep, "down", f"cannot connect to {ep.url} ({type(e).__name__})")
         except httpx.TimeoutException:
-            return self._failed_at(ep, "timeout", f"no answer from {ep.url} within {self.timeout_s * queue:g} s")
+            return self._failed_at(
+                ep, "timeout", f"no answer from {ep.url} within {self.timeout_s * queue:g} s"
+            )
         except httpx.TransportError as e:  # answers cut short, resets mid-body (IncompleteRead and kin)
             return self._failed_at(ep, "error", f"connection to {ep.url} broke ({type(e).__name__})")
         except BaseException:
@@ -138,9 +142,17 @@ class ChatClient:
             return Try(answer=answer)
         self.pool.release(ep, "error")  # neither a success (to grow the limit) nor a dead server
         if status in (401, 403):
-            where = f"the key in ${self.api_key_env}" if self.api_key_env else "describe.api_key_env (no key sent)"
+            where = (
+                f"the key in ${self.api_key_env}"
+                if self.api_key_env
+                else "describe.api_key_env (no key sent)"
+            )
             self._stop(AuthError(f"the server refused authentication (HTTP {status}); check {where}"))
-        error = answer.error if answer is not None else f"HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
+        error = (
+            answer.error
+            if answer is not None
+            else f"HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
+        )
         return Try(error=error, retry_after=retry_after, status=status)
 
     def _failed_at(self, ep, outcome: str, error: str) -> Try:

@@ -28,7 +28,9 @@ _PARTS_BEFORE_COMPACT = 16
 
 def sample_seed(seed: int, image_key: bytes, k: int) -> int:
     """The seed of description k of one image: a function of (seed, content, k), never of batching or order."""
-    h = hashlib.sha256(int(seed).to_bytes(8, "little", signed=True) + bytes(image_key) + int(k).to_bytes(4, "little"))
+    h = hashlib.sha256(
+        int(seed).to_bytes(8, "little", signed=True) + bytes(image_key) + int(k).to_bytes(4, "little")
+    )
     return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
 
 
@@ -110,7 +112,11 @@ class HashCache:
         for p in self._parts():
             try:
                 tables.append(pq.read_table(p))
-            except (FileNotFoundError, OSError, pa.ArrowInvalid):  # compacted away or half-written: a cache miss
+            except (
+                FileNotFoundError,
+                OSError,
+                pa.ArrowInvalid,
+            ):  # compacted away or half-written: a cache miss
                 continue
         if not tables:
             return None
@@ -154,7 +160,9 @@ def _arrow_keys(keys: np.ndarray):
     import pyarrow as pa
 
     keys = np.ascontiguousarray(keys, dtype="S32")
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(keys), [None, pa.py_buffer(keys.tobytes())])
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(32), len(keys), [None, pa.py_buffer(keys.tobytes())]
+    )
 
 
 def cache_folder(output: str | Path, manifest: Manifest) -> Path:

@@ -57,7 +57,9 @@ def _class_name(manifest: Manifest, i: int) -> str:
     return manifest.class_names[int(manifest.labels[i])]
 
 
-def row_keys(manifest: Manifest, idx: np.ndarray | None, identity: dict[str, Any], output: str | Path) -> np.ndarray:
+def row_keys(
+    manifest: Manifest, idx: np.ndarray | None, identity: dict[str, Any], output: str | Path
+) -> np.ndarray:
     """Content keys of rows `idx`; with a {class_name} prompt the class name is part of the key (the same
     picture under another label gets another description)."""
     idx = np.arange(len(manifest)) if idx is None else np.asarray(idx)
@@ -103,7 +105,9 @@ def _sampling(identity: dict[str, Any]) -> bool:
     return bool((identity.get("decoding") or {}).get("do_sample"))
 
 
-def describe_chunk(describer, manifest, idx, keys, images, n, on_bad_image, tally, on_done=None) -> list[dict]:
+def describe_chunk(
+    describer, manifest, idx, keys, images, n, on_bad_image, tally, on_done=None
+) -> list[dict]:
     """Log rows for manifest rows `idx` (content `keys`, loaded `images` or the error of loading them)."""
     return start_chunk(describer, manifest, idx, keys, images, n, on_bad_image, tally, on_done)()
 
@@ -119,10 +123,17 @@ def start_chunk(describer, manifest, idx, keys, images, n, on_bad_image, tally, 
         if on_bad_image != "skip":
             raise images[j]
         tally.skipped.append(str(images[j]))
-        rows += [_row(keys[j], k, Description(None, str(images[j])), identity, "", now, "skipped") for k in range(n)]
+        rows += [
+            _row(keys[j], k, Description(None, str(images[j])), identity, "", now, "skipped")
+            for k in range(n)
+        ]
     if not good:
         return lambda: rows
-    kw = {"keys": [keys[j] for j in good]} if "keys" in inspect.signature(describer.describe).parameters else {}
+    kw = (
+        {"keys": [keys[j] for j in good]}
+        if "keys" in inspect.signature(describer.describe).parameters
+        else {}
+    )
     names = [_class_name(manifest, idx[j]) for j in good]
     args = ([images[j] for j in good], names, n)
     if hasattr(describer, "describe_async"):
@@ -135,7 +146,12 @@ def start_chunk(describer, manifest, idx, keys, images, n, on_bad_image, tally, 
         template = getattr(describer, "template", None) or identity.get("prompt", "")
         for j, descs, name in zip(good, wait(), names):
             prompt = template.replace("{class_name}", name.replace("_", " "))
-            same = n > 1 and _sampling(identity) and all(d.ok for d in descs) and len({d.text for d in descs}) == 1
+            same = (
+                n > 1
+                and _sampling(identity)
+                and all(d.ok for d in descs)
+                and len({d.text for d in descs}) == 1
+            )
             tally.identical += same
             for k, d in enumerate(descs):
                 rows.append(_row(keys[j], k, d, identity, prompt, now, "ok" if d.ok else "failed", same))
@@ -148,7 +164,9 @@ def start_chunk(describer, manifest, idx, keys, images, n, on_bad_image, tally, 
     return finish
 
 
-def _row(key, k, d: Description, identity, prompt: str, now: str, status: str, identical: bool = False) -> dict:
+def _row(
+    key, k, d: Description, identity, prompt: str, now: str, status: str, identical: bool = False
+) -> dict:
     return {
         "image_key": bytes(key).ljust(32, b"\0"),
         "k": k,
@@ -166,7 +184,9 @@ def _row(key, k, d: Description, identity, prompt: str, now: str, status: str, i
     }
 
 
-def _plan(manifest, rlog: RowLog, mine: np.ndarray, keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _plan(
+    manifest, rlog: RowLog, mine: np.ndarray, keys: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(manifest rows, their keys) to describe: content without a final row, each distinct content once."""
     todo = ~rlog.done(keys, n) & (keys != MISSING)
     _, first = np.unique(keys[todo], return_index=True)
@@ -188,7 +208,15 @@ def _run(describer, manifest, idx, keys, n, rlog: RowLog, cfg, on_bad_image: str
                 if c + 1 < len(chunks):
                     nxt = prefetch.submit(_load, manifest, idx[chunks[c + 1]].tolist(), max_side)
                 started = start_chunk(
-                    describer, manifest, idx[ch].tolist(), keys[ch], images, n, on_bad_image, tally, bar.update
+                    describer,
+                    manifest,
+                    idx[ch].tolist(),
+                    keys[ch],
+                    images,
+                    n,
+                    on_bad_image,
+                    tally,
+                    bar.update,
                 )
                 bar.update(sum(isinstance(im, Exception) for im in images))
                 if pending is not None:
@@ -235,9 +263,13 @@ def describe_manifest(
     missing = mine[keys == MISSING]
     if len(missing) and on_bad_image != "skip":
         open_image(manifest, int(missing[0]))  # raises the one-line error naming the file
-        raise DataError(f"image {manifest.paths[int(missing[0])]!r} cannot be read; set data.on_bad_image=skip")
+        raise DataError(
+            f"image {manifest.paths[int(missing[0])]!r} cannot be read; set data.on_bad_image=skip"
+        )
     idx, todo_keys = _plan(manifest, rlog, mine, keys, n)
-    log.info("describe: %d of %d images to do (process %d/%d) -> %s", len(idx), len(mine), rank, world, folder)
+    log.info(
+        "describe: %d of %d images to do (process %d/%d) -> %s", len(idx), len(mine), rank, world, folder
+    )
     t0 = time.time()
     tally = _run(describer, manifest, idx, todo_keys, n, rlog, cfg, on_bad_image)
     _report(tally, len(idx), time.time() - t0, len(missing))
@@ -276,10 +308,14 @@ def _report(tally: Tally, todo: int, seconds: float, unreadable: int) -> None:
             tally.identical,
         )
     if tally.failed:
-        log.warning("describe: %d descriptions failed (%s); rerun to retry them", tally.failed, tally.reason())
+        log.warning(
+            "describe: %d descriptions failed (%s); rerun to retry them", tally.failed, tally.reason()
+        )
 
 
-def merge_view(manifest: Manifest, cfg: Any, identity: dict[str, Any], n: int, keys: np.ndarray | None = None):
+def merge_view(
+    manifest: Manifest, cfg: Any, identity: dict[str, Any], n: int, keys: np.ndarray | None = None
+):
     """Write the manifest's view when the row log covers it; returns its stats, or None when rows are missing."""
     key = description_key(manifest, identity, n)
     folder = store_folder(cfg.output, key)
@@ -287,7 +323,9 @@ def merge_view(manifest: Manifest, cfg: Any, identity: dict[str, Any], n: int, k
     keys = row_keys(manifest, None, identity, cfg.output) if keys is None else keys
     _, found = rlog.lookup(keys, n)
     if not (found | (keys == MISSING)[:, None]).all():
-        log.info("describe: rows of other processes are still missing; run `vlmkd describe CONFIG --merge` later")
+        log.info(
+            "describe: rows of other processes are still missing; run `vlmkd describe CONFIG --merge` later"
+        )
         return None
     parts = rlog.parts()
     meta_file = folder / "meta.json"
@@ -308,52 +346,3 @@ def merge_view(manifest: Manifest, cfg: Any, identity: dict[str, Any], n: int, k
         "rows": rlog.folder.name,
     }
     return write_view(folder, manifest, keys, rlog, meta)
-
-
-def estimate_cost(manifest: Manifest, cfg: Any, describer: Any, sample: int = 16) -> dict[str, Any]:
-    """Describe a few evenly spaced images (nothing is stored) and extrapolate time and tokens to the manifest."""
-    n = int(cfg.n_descriptions)
-    m = max(1, min(len(manifest), sample))
-    idx = np.unique(np.linspace(0, len(manifest) - 1, m).round().astype(int)).tolist()
-    t0, tally = time.time(), Tally()
-    images = _load(manifest, idx, describer.identity().get("max_side"))
-    keys = np.zeros(len(idx), dtype="S32")
-    rows = describe_chunk(describer, manifest, idx, keys, images, n, "skip", tally)
-    dt = time.time() - t0
-    ok = [r for r in rows if r["status"] == "ok"]
-
-    def per_description(col: str) -> float | None:
-        v = [r[col] for r in ok if r[col] >= 0]
-        return float(np.mean(v)) if v else None
-
-    pt, ct, total = per_description("prompt_tokens"), per_description("completion_tokens"), len(manifest) * n
-    return {
-        "backend": describer.backend,
-        "sample_images": len(idx),
-        "sample_seconds": round(dt, 3),
-        "images_per_second": round(len(idx) / max(dt, 1e-9), 3),
-        "estimated_seconds": round(dt / len(idx) * len(manifest), 1),
-        "descriptions": total,
-        "failure_rate": round(tally.failed / max(tally.ok + tally.failed, 1), 3),
-        "failure_reasons": [f"{t} ({c}x)" for t, c in tally.errors.most_common(3)],
-        "skipped_images": len(tally.skipped),
-        "prompt_tokens_per_description": pt,
-        "completion_tokens_per_description": ct,
-        "estimated_prompt_tokens": round(pt * total) if pt is not None else None,
-        "estimated_completion_tokens": round(ct * total) if ct is not None else None,
-        "examples": [r["text"] for r in ok[:3]],
-        **_wall_by_servers(describer, total),
-    }
-
-
-def _wall_by_servers(describer: Any, total: int) -> dict[str, Any]:
-    """Wall time for 1..8 servers from the measured latency of one request (openai backend)."""
-    client = getattr(describer, "client", None)
-    latency = client.mean_latency_s() if client is not None else None
-    out: dict[str, Any] = {"per_request_latency_s": round(latency, 4) if latency else None}
-    if latency:
-        per_server = client.pool.endpoints[0].max_limit
-        out["estimated_seconds_by_servers"] = {
-            str(s): round(total * latency / (s * per_server), 2) for s in (1, 2, 4, 8, len(client.pool.endpoints))
-        }
-    return out

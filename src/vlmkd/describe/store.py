@@ -90,7 +90,9 @@ def _read(path: Path, columns: list[str] | None = None):
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ArtifactError(f"{str(path)!r} is unreadable ({type(e).__name__}); delete it and rerun") from None
+        raise ArtifactError(
+            f"{str(path)!r} is unreadable ({type(e).__name__}); delete it and rerun"
+        ) from None
 
 
 def combined(keys: np.ndarray, ks: np.ndarray) -> np.ndarray:
@@ -107,9 +109,8 @@ class RowLog:
 
     def __init__(self, folder: Path, identity: dict[str, Any] | None = None, n: int | None = None):
         self.folder = Path(folder)
-        if identity is not None:
-            if not (self.folder / "identity.json").is_file():
-                write_json(self.folder / "identity.json", {"describer": identity, "n_descriptions": n})
+        if identity is not None and not (self.folder / "identity.json").is_file():
+            write_json(self.folder / "identity.json", {"describer": identity, "n_descriptions": n})
         self._final = None
 
     def parts(self) -> list[Path]:
@@ -138,9 +139,7 @@ class RowLog:
         if self._final is None:
             t = self._all()
             ck = combined(_fixed(t["image_key"]), t["k"].to_numpy())
-            status = t["status"].to_numpy(zero_copy_only=False)
-            rank = np.vectorize(_RANK.get, otypes=[np.int8])(status) if len(status) else np.zeros(0, np.int8)
-            order = np.lexsort((np.arange(len(ck)), rank, ck))
+            order = np.lexsort((np.arange(len(ck)), status_codes(t["status"]), ck))
             first = np.ones(len(order), bool)
             first[1:] = ck[order][1:] != ck[order][:-1]
             sel = order[first]
@@ -161,8 +160,7 @@ class RowLog:
         _, table = self.final()
         if not len(table):
             return np.zeros(len(keys), bool)
-        final_status = table["status"].to_numpy(zero_copy_only=False)[pos] != "failed"
-        return (found & final_status).all(1)
+        return (found & (status_codes(table["status"])[pos] != _RANK["failed"])).all(1)
 
     def compact(self) -> None:
         """Many small parts -> one (the final rows); only the parts read are removed."""
@@ -176,9 +174,12 @@ class RowLog:
             p.unlink(missing_ok=True)
 
 
-def write_view(folder: Path, manifest: Any, keys: np.ndarray, log: RowLog, meta: dict[str, Any]) -> dict[str, int]:
+def write_view(
+    folder: Path, manifest: Any, keys: np.ndarray, log: RowLog, meta: dict[str, Any]
+) -> dict[str, int]:
     """The manifest's rows in manifest order -> `folder`; returns counts. Raises when rows are still missing."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     n = int(meta["n_descriptions"])
     pos, found = log.lookup(keys, n)
@@ -201,12 +202,14 @@ def write_view(folder: Path, manifest: Any, keys: np.ndarray, log: RowLog, meta:
     table = table.set_column(1, "k", pa.array(np.tile(np.arange(n), len(manifest)), pa.int32()))
     view = pa.table([ids, pa.array(idx), *table.columns], schema=_schema(view=True))
     _write(folder / MERGED, view)
-    status = view["status"].to_numpy(zero_copy_only=False)
-    stats = {s: int((status == s).sum()) for s in ("ok", "failed", "skipped")}
-    stats["identical"] = int(np.asarray(view["identical"].to_numpy(zero_copy_only=False), bool).sum())
-    skipped = np.nonzero(status == "skipped")[0][:20]
+    codes = status_codes(view["status"])
+    stats = {s: int((codes == c).sum()) for s, c in _RANK.items()}
+    stats["identical"] = int(pc.sum(view["identical"]).as_py() or 0)
+    skipped = np.nonzero(codes == _RANK["skipped"])[0][: 20 * n]
     names = [f"{manifest.ids[idx[j]]}: {view['error'][int(j)].as_py()}" for j in skipped[::n]]
-    write_json(folder / "meta.json", {**meta, "num_rows": len(view), **stats, "skipped_files": names, "merged": True})
+    write_json(
+        folder / "meta.json", {**meta, "num_rows": len(view), **stats, "skipped_files": names, "merged": True}
+    )
     set_pointer(folder.parent, meta["key"])
     return stats
 
@@ -214,22 +217,31 @@ def write_view(folder: Path, manifest: Any, keys: np.ndarray, log: RowLog, meta:
 def _mark_unreadable(table, manifest: Any, mask: np.ndarray, n: int):
     """Rows of files that could not be read (no content key): status "skipped", the error names the file."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     rows = np.nonzero(mask)[0]
     where = [manifest.paths[r // n] if manifest.paths is not None else manifest.ids[r // n] for r in rows]
-    status = table["status"].to_numpy(zero_copy_only=False).copy()
-    error = table["error"].to_numpy(zero_copy_only=False).copy()
-    text = table["text"].to_numpy(zero_copy_only=False).copy()
-    status[rows], text[rows] = "skipped", None
-    identical = np.asarray(table["identical"].to_numpy(zero_copy_only=False), dtype=object)
-    identical[rows] = False
-    error[rows] = [f"image {w!r} is missing or unreadable" for w in where]
-    keys = _fixed(table["image_key"]).copy()
-    keys[rows] = MISSING
-    for name, col, typ in (("status", status, pa.string()), ("error", error, pa.string()), ("text", text, pa.string()),
-                           ("identical", identical, pa.bool_())):
-        table = table.set_column(table.schema.get_field_index(name), name, pa.array(col, typ))
-    return table.set_column(0, "image_key", _arrow_keys(keys))
+    m = pa.array(mask)
+    new = {
+        "image_key": _arrow_keys(np.full(len(rows), MISSING, dtype="S32")),
+        "status": pa.array(["skipped"] * len(rows)),
+        "error": pa.array([f"image {w!r} is missing or unreadable" for w in where]),
+        "text": pa.nulls(len(rows), pa.string()),
+        "identical": pa.array([False] * len(rows)),
+    }
+    for name, values in new.items():
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.replace_with_mask(table[name].combine_chunks(), m, values))
+    return table
+
+
+def status_codes(col) -> np.ndarray:
+    """A status column as int8 codes (ok 0, skipped 1, failed 2), without a Python object per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    codes = pc.index_in(col, value_set=pa.array(list(_RANK)))
+    return pc.fill_null(codes, _RANK["failed"]).to_numpy(zero_copy_only=False).astype(np.int8)
 
 
 def set_pointer(parent: Path, key: str) -> None:
@@ -289,7 +301,7 @@ class DescriptionStore:
         """Per manifest row: true where the image was skipped as unreadable (data.on_bad_image=skip)."""
         t = self.table(["index", "status"])
         out = np.zeros(int(self.meta.get("num_samples", 0)), bool)
-        skipped = t["status"].to_numpy(zero_copy_only=False) == "skipped"
+        skipped = status_codes(t["status"]) == _RANK["skipped"]
         out[t["index"].to_numpy()[skipped]] = True
         return out
 

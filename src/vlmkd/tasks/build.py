@@ -1,4 +1,8 @@
-"""Config -> task: student, loss terms (with class counts injected), teachers and cached extras."""
+"""Config -> task: student, loss terms (with class counts injected), and the providers of the inputs they declare.
+
+Each loss input (`text_emb`, `caption_emb`, `teacher_features`, `teacher_logits`, `class_text`) is served by the
+provider registered under its name (vlmkd.tasks.providers); only the inputs of enabled terms are built.
+"""
 
 from __future__ import annotations
 
@@ -110,6 +114,11 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
             embed_dim = providers[name].dim
     if not embed_dim and eval_spec.class_text:
         embed_dim = ctx.class_text()[0].shape[1]
+    if eval_spec.class_text:  # e.g. an inherited 768 (CLIP ViT-L/14) against 384-d MiniLM class texts
+        _same_dim(embed_dim, ctx.class_text()[0].shape[1], "the class-text embeddings")
+    for name in ("text_emb", "caption_emb"):
+        if name in providers and providers[name].dim:
+            _same_dim(embed_dim, providers[name].dim, "the description embeddings")
     student = _student(cfg, train, embed_dim)
     task = DistillTask(student, terms, providers, cfg.train.gather, cfg.train.local_loss)
     if cfg.text.coop.enabled:  # CoOp (vlmkd.text.coop): the task's class_text becomes learned
@@ -117,6 +126,15 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
 
         attach_coop(task, eval_spec, cfg, manifests, device)
     return task, task.row_sources, eval_spec
+
+
+def _same_dim(embed_dim: int, got: int, what: str) -> int:
+    """The student's embedding size checked against the text side it is scored with (one-line error)."""
+    if embed_dim and embed_dim != got:
+        raise ConfigError(
+            f"model.embed_dim={embed_dim} but {what} are {got}-d; set model.embed_dim=0 to infer it (or {got})"
+        )
+    return embed_dim or got
 
 
 def _student(cfg: Config, train: Manifest, embed_dim: int | None) -> nn.Module:

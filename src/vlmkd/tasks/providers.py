@@ -118,6 +118,10 @@ class LiveTeacher(Provider):
         return self.teacher.encode_image(pixels).float()
 
 
+def list_providers() -> list[str]:
+    return PROVIDERS.names()
+
+
 def build_providers(ctx: BuildContext, needed: set[str]) -> dict[str, Provider]:
     """The providers of the needed inputs that are not student outputs or labels."""
     return {name: PROVIDERS.build(name, ctx=ctx) for name in sorted(needed) if name in PROVIDERS}
@@ -196,7 +200,7 @@ def _clip_teacher(ctx: BuildContext):
 
 
 def _zero_shot_teacher(ctx: BuildContext) -> Provider:
-    from vlmkd.tasks.sources import check_same_space
+    from vlmkd.tasks.sources import check_same_space, check_teacher_texts
 
     cfg = ctx.cfg
     if not cfg.clip.name:
@@ -205,13 +209,15 @@ def _zero_shot_teacher(ctx: BuildContext) -> Provider:
     if cfg.teacher.mode == "cached":  # the clip.view features, cached by `vlmkd teach`
         from vlmkd.tasks.sources import teacher_feature_rows
 
-        rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "mean")
+        teacher, _ = _clip_teacher(ctx)
+        check_teacher_texts(teacher, cfg, ctx.train.class_names, class_text_arr)
+        rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "mean", teacher=teacher)
         check_same_space(rows.dim, class_text_arr.shape[1])
         return ZeroShotLogits(rows, class_text_arr, cfg.teacher.zero_shot_temperature)
     from vlmkd.teachers.zero_shot import ZeroShotClassifier
 
     teacher, view = _clip_teacher(ctx)  # consistent teaching: the teacher classifies the student's own crop
-    check_same_space(int(teacher.embed_dim), class_text_arr.shape[1])
+    check_teacher_texts(teacher, cfg, ctx.train.class_names, class_text_arr)
     classifier = ZeroShotClassifier(
         teacher, view, torch.as_tensor(class_text_arr), cfg.teacher.zero_shot_temperature
     )

@@ -1,7 +1,8 @@
 """Where a task's inputs come from: the artifacts of the describe / embed / classtext / teach stages.
 
 The training loop never runs a VLM: it reads description embeddings, class-text embeddings and teacher features
-from their content-keyed stores, checked against the manifest they were made for.
+from their content-keyed stores, checked against the manifest they were made for. Per-image stores are served as
+row sources (vlmkd.tasks.rows) that the dataset reads one sample at a time; nothing here makes an N-row copy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from vlmkd.config import Config
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.utils.logging import log
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -123,7 +125,9 @@ def load_class_text(cfg: Config, manifests: dict[str, Manifest]) -> tuple[np.nda
     return per_split["train"], per_split
 
 
-def teacher_feature_rows(cfg: Config, manifest: Manifest, device: torch.device, combine: str, salt: int = 0):
+def teacher_feature_rows(
+    cfg: Config, manifest: Manifest, device: torch.device, combine: str, salt: int = 0, teacher: Any = None
+):
     """Cached teacher image features (`vlmkd teach`, computed here when missing) as a row source: one of the K
     augmented views per (seed, epoch, image) with combine="pick", or their plain mean with "mean"."""
     if not cfg.clip.name:
@@ -134,9 +138,39 @@ def teacher_feature_rows(cfg: Config, manifest: Manifest, device: torch.device, 
     from vlmkd.teachers.clip import load_clip_teacher
     from vlmkd.teachers.features import teacher_features
 
-    teacher = load_clip_teacher(cfg.clip.name, cfg.clip.revision, device=str(device))
+    teacher = teacher or load_clip_teacher(cfg.clip.name, cfg.clip.revision, device=str(device))
     feats = teacher_features(teacher, manifest, cfg.clip, device=str(device))
     return StoreRows(feats.filename, None, combine, cfg.train.seed, salt)
+
+
+def check_teacher_texts(
+    teacher: Any, cfg: Config, class_names: list[str], rows: np.ndarray, sample: int = 16
+) -> None:
+    """The class-text rows a zero-shot teacher scores against must be its own text space: the same width is not
+    enough (two different 512-d towers agree on it), so up to `sample` classes' texts are re-embedded with the
+    teacher's tower and compared with the stored rows (`rows`, one per name in `class_names`)."""
+    check_same_space(int(teacher.embed_dim), rows.shape[1])
+    from vlmkd.teachers.features import class_text_features
+    from vlmkd.text.store import EmbeddingStore
+
+    _, names, texts = class_text_matrix(cfg)
+    if texts is None:
+        log.warning(
+            "no class texts next to %s: the teacher/class-text check compares widths only",
+            cfg.text.class_embeddings,
+        )
+        return
+    row = {n: i for i, n in enumerate(names)}
+    k = min(sample, len(class_names))
+    mine = class_text_features(teacher, [texts[row[n]] for n in class_names[:k]]).numpy()
+    cos = (mine * _normalise(np.asarray(rows[:k], dtype=np.float32))).sum(1)
+    if float(cos.min()) < 0.99:  # the same tower reproduces its rows up to float16 storage
+        encoder = EmbeddingStore(cfg.text.class_embeddings).meta.get("encoder_id", "an unknown encoder")
+        raise ConfigError(
+            f"the class texts in {cfg.text.class_embeddings!r} were embedded by {encoder}, not by the teacher "
+            f"{teacher.teacher_id} (cosine {float(cos.min()):.2f} on the same texts); embed them with the "
+            "teacher's text tower (`vlmkd classtext` with embed.encoder/embed.model naming the teacher)"
+        )
 
 
 def check_same_space(image_dim: int, text_dim: int) -> None:

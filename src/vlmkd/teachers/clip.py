@@ -23,6 +23,7 @@ from PIL import Image
 from vlmkd.errors import BackendError, ConfigError
 from vlmkd.registry import Registry
 from vlmkd.teachers.base import VisionLanguageTeacher
+from vlmkd.utils.device import resolve_device
 
 log = logging.getLogger("vlmkd")
 
@@ -37,12 +38,6 @@ def list_clip_teachers() -> list[str]:
     return CLIP_TEACHERS.names()
 
 
-def resolve_device(device: str | torch.device | None) -> str:
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def load_clip_teacher(name: str, revision: str | None = None, device: str = "cpu") -> VisionLanguageTeacher:
     """The teacher named `PREFIX:SPEC` (see the module docstring), frozen and in eval mode on `device`."""
     prefix, sep, spec = (name or "").partition(":")
@@ -51,7 +46,7 @@ def load_clip_teacher(name: str, revision: str | None = None, device: str = "cpu
             f"clip.name {name!r} must be PREFIX:SPEC with PREFIX one of: "
             f"{', '.join(p + ':' for p in list_clip_teachers())} (e.g. open_clip:ViT-B-32/openai)"
         )
-    return CLIP_TEACHERS.get(prefix)(spec, revision=revision, device=resolve_device(device))
+    return CLIP_TEACHERS.get(prefix)(spec, revision=revision, device=str(resolve_device(device)))
 
 
 def _teacher_id(name: str, revision: str | None, fingerprint: str | None = None) -> str:

@@ -29,6 +29,7 @@ from vlmkd.utils.dist import work_split
 from vlmkd.utils.io import artifact_key, load_npy, read_json, write_json
 from vlmkd.utils.progress import progress
 from vlmkd.utils.provenance import record_artifact, record_model
+from vlmkd.utils.rng import seeded_call
 from vlmkd.utils.sharded import ShardedRows, spans
 
 log = logging.getLogger("vlmkd")
@@ -122,17 +123,6 @@ def _convert(image, mode: str):
     return image.convert(mode) if image.mode != mode else image
 
 
-def _seeded(transform, image, seed: int) -> torch.Tensor:
-    """torchvision draws from the global CPU generator: seed it for this call only, then restore it."""
-    gen = torch.random.default_generator
-    state = gen.get_state()
-    gen.manual_seed(seed)
-    try:
-        return transform(image)
-    finally:
-        gen.set_state(state)
-
-
 class TeacherViews(Dataset):
     """Item i: {"image": C x H x W (clean) or K x C x H x W (augmented), "index": i}; None for a bad image
     when on_bad_image="skip" (its feature row stays zero)."""
@@ -169,7 +159,7 @@ class TeacherViews(Dataset):
         if self.augment is None:
             return {"image": self.teacher.preprocess(image), "index": i}
         # seeded per (sample, view): reruns, resumes and any worker count give identical views
-        views = [_seeded(self.augment, image, (i * 1_000_003 + v) * 7919) for v in range(self.k)]
+        views = [seeded_call(self.augment, image, seed=(i * 1_000_003 + v) * 7919) for v in range(self.k)]
         return {"image": torch.stack(views), "index": i}
 
 

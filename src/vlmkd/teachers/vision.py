@@ -58,6 +58,7 @@ def load_vision_teacher(
 
         if not timm.is_model(cfg.name):
             raise ConfigError(f"teacher {cfg.name!r} is neither an existing path nor a timm model name")
+        _check_timm_head(cfg, num_classes)
         model = timm.create_model(
             cfg.name, pretrained=cfg.checkpoint is None, num_classes=num_classes, in_chans=in_chans
         )
@@ -69,6 +70,22 @@ def load_vision_teacher(
             teacher_id += f"@{weights[:16]}"
     record_model("vision_teacher", teacher_id, weights)
     return model.to(device).eval().requires_grad_(False), teacher_id
+
+
+def _check_timm_head(cfg: VisionTeacherConfig, num_classes: int) -> None:
+    """Pretrained timm weights carry their own head (ImageNet: 1000 classes); for another class count timm puts
+    a random head on it, and KD would then learn from noise. Such a teacher needs fine-tuned weights."""
+    from timm.models import get_pretrained_cfg_value
+
+    if cfg.checkpoint:
+        return
+    native = get_pretrained_cfg_value(cfg.name, "num_classes") or 1000
+    if native != num_classes:
+        raise ConfigError(
+            f"timm teacher {cfg.name!r} has a {native}-class pretrained head but this dataset has {num_classes} "
+            "classes: its head would be random; give teacher.checkpoint (weights fine-tuned on these classes) "
+            "or a vlmkd run folder as teacher.name"
+        )
 
 
 def cached_teacher_logits(

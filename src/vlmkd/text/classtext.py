@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,11 @@ def sentences_openai(class_names: list[str], cfg: Any) -> list[list[str]]:
             "classtext.sentences_backend=openai needs classtext.llm_base_url and classtext.llm_model; without an "
             f"LLM, write the sentences yourself ({OFFLINE_ROUTE})"
         )
+    if cfg.llm_api_key_env and not os.environ.get(cfg.llm_api_key_env):
+        raise ConfigError(
+            f"environment variable {cfg.llm_api_key_env} (classtext.llm_api_key_env) is not set; export the "
+            f"LLM's key, or set classtext.llm_api_key_env=null for a server without one; no LLM: {OFFLINE_ROUTE}"
+        )
     check_server(cfg.llm_base_url, "the LLM server (classtext.llm_base_url)")  # fail fast, not after retries
     client = ChatClient(cfg.llm_base_url, cfg.llm_model, cfg.llm_api_key_env, cfg.timeout_s, cfg.max_retries)
     params: dict[str, Any] = {"max_tokens": int(cfg.max_new_tokens), "temperature": float(cfg.temperature)}
@@ -150,7 +156,7 @@ def sentences_transformers(class_names: list[str], cfg: Any) -> list[list[str]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from vlmkd.describe.hf import resolve_device
+    from vlmkd.utils.device import resolve_device
 
     if not cfg.llm_model:
         raise ConfigError("classtext.llm_model is required for the transformers sentence backend")

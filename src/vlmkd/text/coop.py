@@ -203,7 +203,9 @@ def _prompt_texts(cfg: Any) -> tuple[dict[str, list[str]], int]:
     if cfg.text.coop.texts != "class_texts":
         raise ConfigError(f"text.coop.texts must be names or class_texts, got {cfg.text.coop.texts!r}")
     if texts is None:
-        raise ConfigError("text.coop.texts=class_texts needs the texts of the class-text store (`vlmkd classtext`)")
+        raise ConfigError(
+            "text.coop.texts=class_texts needs the texts of the class-text store (`vlmkd classtext`)"
+        )
     return {n: [t] if isinstance(t, str) else list(t) for n, t in zip(names, texts)}, matrix.shape[1]
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from vlmkd.errors import BackendError, ConfigError
 from vlmkd.registry import Registry
+from vlmkd.utils.device import resolve_device
 
 TEXT_ENCODERS = Registry("text encoder")
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -26,12 +27,6 @@ MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 def list_text_encoders() -> list[str]:
     return TEXT_ENCODERS.names()
-
-
-def _device(device: str | None) -> str:
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def bundled_minilm_path() -> str:
@@ -52,7 +47,7 @@ def build_text_encoder(
     batch_size: int = 256,
 ) -> Any:
     return TEXT_ENCODERS.get(name)(
-        model=model, revision=revision, device=_device(device), batch_size=batch_size
+        model=model, revision=revision, device=str(resolve_device(device)), batch_size=batch_size
     )
 
 
@@ -60,7 +55,9 @@ def _normalise(x: torch.Tensor) -> np.ndarray:
     return F.normalize(x.float(), dim=-1).cpu().numpy().astype(np.float32)
 
 
-class SentenceTransformersEncoder:
+class _TextEncoder:
+    """The constructor every text encoder shares (the registry builds them by keyword); `_load` does the rest."""
+
     def __init__(
         self,
         model: str | None = None,
@@ -68,6 +65,12 @@ class SentenceTransformersEncoder:
         device: str = "cpu",
         batch_size: int = 256,
     ):
+        self.device, self.batch_size = device, batch_size
+        self._load(model, revision, device)
+
+
+class SentenceTransformersEncoder(_TextEncoder):
+    def _load(self, model: str | None, revision: str | None, device: str) -> None:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -88,7 +91,6 @@ class SentenceTransformersEncoder:
             or self.model.get_sentence_embedding_dimension
         )
         self.dim = int(getdim())
-        self.batch_size = batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -103,14 +105,8 @@ class SentenceTransformersEncoder:
         return np.asarray(emb, dtype=np.float32)
 
 
-class OpenClipTextEncoder:
-    def __init__(
-        self,
-        model: str | None = None,
-        revision: str | None = None,
-        device: str = "cpu",
-        batch_size: int = 256,
-    ):
+class OpenClipTextEncoder(_TextEncoder):
+    def _load(self, model: str | None, revision: str | None, device: str) -> None:
         try:
             import open_clip
         except ImportError:
@@ -124,10 +120,8 @@ class OpenClipTextEncoder:
             raise BackendError(f"cannot create open_clip model {model!r}: {str(e).splitlines()[0]}") from None
         self.model = clip.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)
-        self.device = device
         self.encoder_id = f"open_clip:{arch}/{pretrained or 'random'}" + (f"@{revision}" if revision else "")
         self.dim = int(self.encode(["a"]).shape[1])
-        self.batch_size = batch_size
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -138,14 +132,8 @@ class OpenClipTextEncoder:
         return _normalise(torch.cat(out)) if out else np.zeros((0, self.dim), np.float32)
 
 
-class HFClipTextEncoder:
-    def __init__(
-        self,
-        model: str | None = None,
-        revision: str | None = None,
-        device: str = "cpu",
-        batch_size: int = 256,
-    ):
+class HFClipTextEncoder(_TextEncoder):
+    def _load(self, model: str | None, revision: str | None, device: str) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         if not model:
@@ -158,8 +146,6 @@ class HFClipTextEncoder:
         if not hasattr(self.model, "get_text_features"):
             raise ConfigError(f"{model!r} has no text tower (get_text_features); use a CLIP or SigLIP model")
         self.siglip = "siglip" in str(getattr(self.model.config, "model_type", ""))
-        self.device = device
-        self.batch_size = batch_size
         self.encoder_id = f"hf_clip:{model}" + (f"@{revision}" if revision else "")
         self.dim = int(self.encode(["a"]).shape[1])
 

@@ -57,8 +57,19 @@ def check_hub(what: str) -> None:
         )
 
 
-def check_server(base_url: str | None, what: str) -> None:
-    """Before talking to an HTTP server (an LLM behind an OpenAI-compatible API): is anything listening?"""
+def check_server(base_url: str | list[str] | None, what: str) -> None:
+    """Before talking to an HTTP server (an LLM behind an OpenAI-compatible API): is anything listening?
+    With a list of servers, only when none is (the others take over a dead one's requests)."""
+    if isinstance(base_url, (list, tuple)):
+        errors = []
+        for url in base_url:
+            try:
+                return check_server(url, what)
+            except BackendError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        return
     if not base_url:
         return
     u = urlparse(base_url)

@@ -37,6 +37,11 @@ class LineProgress(_std_tqdm):
         self.fp.flush()
         return True
 
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        # no forced line: during iteration tqdm syncs the count only at its own refreshes, so a forced one
+        # would print a stale count; the postfix shows on the next timed line
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
     def close(self) -> None:
         if not self.disable and self.n:
             self.display(force=True)  # the final count and elapsed time, whatever the interval
