@@ -9,7 +9,8 @@ validation split's overall and tail accuracy next to the test numbers. Pick on t
         --candidate "vlmkd_kd4=@vlmkd losses.kd.weight=4.0"
 
 A candidate is NAME=OVERRIDES, split as a shell would (quote overrides with spaces); "@method" expands to that
-demo method's overrides.
+demo method's overrides. A candidate with describe.* overrides gets its own descriptions, e.g. the
+label-conditioned ablation: "cond=@balanced_softmax+text describe.prompt='a photo of a {class_name}'".
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def main() -> None:
     rows: dict[str, dict[str, list[float]]] = {}
     for spec in args.candidate:
         name, overrides = parse_candidate(spec)
+        describe = [o for o in overrides if o.startswith("describe.")]
+        if describe:  # e.g. the label-conditioned ablation: its own descriptions and embeddings
+            overrides += demo.text_artifacts(*describe)
         for seed in range(args.seeds):
             t0 = time.time()
             _, summary = demo.train(f"sweep-{name}", lt + overrides, seed)

@@ -113,13 +113,25 @@ def test_two_process_teach_equals_one_process(tmp_path, tiny):
 
 
 @pytest.mark.slow
-def test_two_process_train_builds_a_missing_teacher_cache_once(tmp_path, tiny):
+def test_two_process_train_builds_missing_teacher_caches_once(tmp_path, tiny):
+    import timm
+    import torch
+
+    ckpt = (
+        tmp_path / "kd_teacher.pt"
+    )  # a timm teacher for the cached-logits path (random weights, no download)
+    torch.save(timm.create_model("test_efficientnet", num_classes=3).state_dict(), ckpt)
     cfg = config(
         tmp_path / "train.yaml",
         tiny,
         tmp_path / "cache",
         model={"name": "cnn_tiny", "head": "both"},
-        losses={"cls": {"name": "balanced_softmax"}, "mse": {"name": "mse", "weight": 1.0}},
+        losses={
+            "cls": {"name": "balanced_softmax"},
+            "mse": {"name": "mse", "weight": 1.0},
+            "kd": {"name": "kd", "weight": 1.0},
+        },
+        teacher={"name": "test_efficientnet", "checkpoint": str(ckpt), "cache_dir": str(tmp_path / "logits")},
         train={"epochs": 1, "max_steps": 2, "tensorboard": False, "output_dir": str(tmp_path / "runs")},
         eval={"every": 0},
     )
@@ -128,4 +140,7 @@ def test_two_process_train_builds_a_missing_teacher_cache_once(tmp_path, tiny):
     assert sorted(int(s) for s, _ in done) == list(range(1, SHARDS + 1))  # built once, split over the ranks
     assert r.stderr.count("teacher features: merged") == 1
     assert features(tmp_path / "cache").shape == (24, 16)
+    assert len(shard_lines(r.stderr, "teacher logits")) == 1  # one shard of 24 rows: one rank, not both
+    (logits,) = (tmp_path / "logits").glob("*/logits.npy")
+    assert np.load(logits).shape == (24, 3) and not list((tmp_path / "logits").glob("*/shards/*"))
     assert (tmp_path / "run" / "student.safetensors").is_file()

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -9,6 +10,8 @@ from conftest import FMNIST_DIR, needs_fmnist
 from vlmkd.cli import main
 from vlmkd.data.formats import _find_idx, _read_idx
 from vlmkd.demo.run import DemoSettings, run_demo
+from vlmkd.engine.checkpoint import load_student
+from vlmkd.export.classes import read_class_store
 
 TINY = DemoSettings(
     pool_per_class=60,
@@ -122,6 +125,25 @@ def test_demo_miniature_end_to_end(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert len(rows) == len(picked) and all(r["error"] is None for r in rows)
     assert {r["label"] for r in rows} <= set(novel)
+
+    # The CoOp student ships its learned class-text matrix, not a fresh embedding of the class texts
+    coop_run = tmp_path / "demo" / "runs" / "ood-vl_cls+im_cst+coop-s0"
+    coop_export = tmp_path / "export_coop"
+    coop_args = [
+        "export",
+        str(coop_run),
+        "--format",
+        "onnx",
+        "--head",
+        "zero_shot",
+        "--out",
+        str(coop_export),
+    ]
+    assert main([*coop_args, "--no-latency", "--classes", *novel]) == 0
+    learned = load_student(coop_run)[1]["eval"]["class_text_learned"]
+    row = {n: i for i, n in enumerate(learned["names"])}
+    want = np.asarray(learned["matrix"], dtype=np.float32)[[row[n] for n in novel]]
+    np.testing.assert_allclose(read_class_store(coop_export)[1], want, atol=1e-6)
 
 
 @needs_fmnist

@@ -52,7 +52,8 @@ def test_work_spreads_over_servers(tmp_path):
 
 
 def test_pool_least_loaded_adaptive_limit_and_backoff():
-    pool = EndpointPool(["http://a/v1", "http://b/v1"], concurrency=4, backoff_s=0.2)
+    pool = EndpointPool(["http://a/v1", "http://b/v1"], concurrency=4)
+    pool.backoff_s = 0.2
     ea, _ = pool.acquire()
     eb, _ = pool.acquire()
     assert {ea.url, eb.url} == {"http://a/v1/chat/completions", "http://b/v1/chat/completions"}
@@ -77,6 +78,8 @@ def test_class_sentence_llm_accepts_a_list_of_servers():
     from vlmkd.text.classtext import sentences_openai
 
     with ChatServer(delay_s=0.05) as a, ChatServer(delay_s=0.05) as b:
-        cfg = ClassTextConfig(sentences_backend="openai", llm_base_url=[a.url, b.url], llm_model="m", concurrency=4)
+        cfg = ClassTextConfig(
+            sentences_backend="openai", llm_base_url=[a.url, b.url], llm_model="m", concurrency=4
+        )
         out = sentences_openai(["cat", "dog", "owl", "bat", "eel", "yak"], cfg)
     assert len(out) == 6 and a.answered + b.answered == 6 and min(a.answered, b.answered) >= 2

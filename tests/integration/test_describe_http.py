@@ -214,15 +214,20 @@ def test_cli_skips_unreadable_images_under_skip_and_names_them(tmp_path, capsys)
         assert srv.count() == asked  # skipped images are not retried
 
 
-def test_server_down_fails_fast_with_the_reason(tmp_path, fast_retries):
+@pytest.mark.parametrize("fail_fast_after", [8, 0])
+def test_server_down_stops_the_run_with_the_reason(tmp_path, fast_retries, monkeypatch, fail_fast_after):
     import socket
+
+    from vlmkd.describe.endpoints import AllServersDown, EndpointPool
+
+    monkeypatch.setattr(EndpointPool, "BACKOFF_S", 0.05)
 
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     m = png_manifest(tmp_path, n=30, size=8)
-    cfg = _cfg(tmp_path, url, concurrency=4, fail_fast_after=8)
+    cfg = _cfg(tmp_path, url, concurrency=4, fail_fast_after=fail_fast_after)
     t0 = time.monotonic()
-    with pytest.raises(FailFast, match="first 8 requests all failed the same way: cannot connect"):
+    with pytest.raises((FailFast, AllServersDown), match="cannot connect|no server accepts connections"):
         describe_manifest(m, cfg, build_describer(cfg))
     assert time.monotonic() - t0 < 10

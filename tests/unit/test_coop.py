@@ -114,3 +114,18 @@ class _DictOut(torch.nn.Module):
 
     def forward(self, x):
         return {"embedding": self.m(x)}
+
+
+def test_coop_config_and_its_errors():
+    from types import SimpleNamespace
+
+    from vlmkd.config import load_config
+    from vlmkd.text.coop import _prompt_texts, attach_coop
+
+    cfg = load_config(None, ["text.coop.enabled=true", "text.coop.class_specific=true", "text.coop.n_ctx=8"])
+    assert cfg.text.coop.enabled and cfg.text.coop.class_specific and cfg.text.coop.init == "a photo of a"
+    with pytest.raises(ConfigError, match="vl_cls"):
+        attach_coop(SimpleNamespace(needed={"logits", "labels"}), None, cfg, {}, torch.device("cpu"))
+    bad = load_config(None, ["text.coop.texts=sentences", "text.class_embeddings=/nonexistent"])
+    with pytest.raises(ConfigError, match="names or class_texts"):
+        _prompt_texts(bad)

@@ -67,3 +67,20 @@ def test_local_encoder_key_follows_weights_not_mtime(tmp_path):
     assert embedding_key(enc_id, ["a"], ["0"], encoder_weights(enc_id)) != key
     assert fingerprint(folder) != clip_fp
     assert encoder_weights("sentence_transformers:sentence-transformers/all-MiniLM-L6-v2") is None  # a hub id
+
+
+def test_vision_teacher_id_follows_checkpoint_bytes_not_mtime(tmp_path):
+    import timm
+    import torch
+
+    from vlmkd.config import VisionTeacherConfig
+    from vlmkd.teachers.vision import load_vision_teacher
+
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(timm.create_model("test_convnext", num_classes=3).state_dict(), ckpt)
+    cfg = VisionTeacherConfig(name="test_convnext", checkpoint=str(ckpt))
+    _, first = load_vision_teacher(cfg, 3, 3, torch.device("cpu"))
+    os.utime(ckpt, ns=(1, 1))
+    assert load_vision_teacher(cfg, 3, 3, torch.device("cpu"))[1] == first  # touched: the same teacher
+    torch.save(timm.create_model("test_convnext", num_classes=3).state_dict(), ckpt)  # new random weights
+    assert load_vision_teacher(cfg, 3, 3, torch.device("cpu"))[1] != first

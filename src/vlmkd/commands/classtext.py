@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
     names = dataset_class_names(manifests, split)  # base and novel classes: one store for both
     from vlmkd.commands._shards import start_workers
 
-    start_workers(args, cfg.embed.device)  # torchrun: rank 0 writes the texts, the ranks share the embedding
+    _, work = start_workers(args, cfg.embed.device)  # torchrun: rank 0 writes texts, all ranks embed
     folder = build_class_texts(names, cfg.classtext, None if args.no_embed else cfg.embed, shard=args.shard)
     data = load_class_texts(folder)
     n = sum(len(t) for t in data["texts"])
-    print(f"{len(names)} classes, {n} texts (e.g. {data['texts'][0][0]!r}) -> {folder}")
+    if work.rank == 0 or not work.collective:
+        print(f"{len(names)} classes, {n} texts (e.g. {data['texts'][0][0]!r}) -> {folder}")
     return 0

@@ -44,7 +44,9 @@ def combined_rows(demo: Any) -> dict[str, list[dict[str, Any]]]:
         f"text.class_embeddings={demo.enriched_dir / 'embeddings'}",
         f"train.epochs={demo.s.combined_epochs}",
     ]
-    data += describe_base_set(demo, data)
+    t0 = time.time()
+    data += demo.text_artifacts(*data)  # a description store belongs to one manifest: the base-class set's
+    demo._time("describe_base_set", t0)
     res: dict[str, list[dict[str, Any]]] = {}
     for seed in range(demo.seeds):
         for method, ov in COMBINED_METHODS.items():
@@ -72,18 +74,3 @@ def combined_rows(demo: Any) -> dict[str, list[dict[str, Any]]]:
             res.setdefault(method, []).append(row)
             demo._time(f"train/{name}/s{seed}", t0)
     return res
-
-
-def describe_base_set(demo: Any, data: list[str]) -> list[str]:
-    """Descriptions of the base-class student set (a description store belongs to one manifest)."""
-    from vlmkd.data import build_manifests
-    from vlmkd.describe import describe_manifest
-    from vlmkd.describe.store import DescriptionStore
-    from vlmkd.text.store import embed_descriptions
-
-    t0 = time.time()
-    cfg = demo.config(*data)
-    folder = describe_manifest(build_manifests(cfg.data)["train"], cfg.describe, teacher=demo.teacher)
-    emb = embed_descriptions(DescriptionStore(folder), demo.encoder, demo.art / "embeddings")
-    demo._time("describe_base_set", t0)
-    return [f"text.descriptions={folder}", f"text.embeddings={emb.path}"]

@@ -148,6 +148,18 @@ class Demo:
             "examples": self.descriptions.load()["text"][:5],
         }
 
+    def text_artifacts(self, *overrides: str) -> list[str]:
+        """Descriptions and their embeddings for the student set of `overrides` (other data, other describe
+        settings: the combined section's base-class set, the sweep's label-conditioned ablation)."""
+        from vlmkd.describe import describe_manifest
+        from vlmkd.describe.store import DescriptionStore
+        from vlmkd.text.store import embed_descriptions
+
+        cfg = self.config(*overrides)
+        folder = describe_manifest(build_manifests(cfg.data)["train"], cfg.describe, teacher=self.teacher)
+        emb = embed_descriptions(DescriptionStore(folder), self.encoder, self.art / "embeddings")
+        return [f"text.descriptions={folder}", f"text.embeddings={emb.path}"]
+
     def domain_teacher(self, cfg: Config):
         from vlmkd.teachers.domain import fit_domain_teacher, settings_from_config
 

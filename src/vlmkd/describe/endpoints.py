@@ -8,8 +8,10 @@ not backed off, and gives it back with its outcome:
   Time queued at a busy server is not held against a request: `acquire` returns the server's current limit L,
   and `ChatClient` gives the request L read timeouts (a server that generates one request at a time answers the
   last of L queued requests after L generations; requests may arrive in another order than they were sent);
-- "down" (connection refused or reset, connect timeout): the server is backed off exponentially (1 s, 2 s, ...,
-  30 s) and its requests go to the others; a server that answers again is used again.
+- "down" (connection refused, connect timeout): the server is backed off exponentially (1 s, 2 s, ..., 30 s; the
+  requests that fail together count once) and its requests go to the others; after a backoff one request probes
+  it, and a server that answers again is used again. When every server has been down `MAX_DOWN` times in a row,
+  `acquire` raises `AllServersDown` (the run stops with that line; finished rows are kept).
 
 Nothing is lost: an attempt that fails at one server is retried, usually at another.
 """
@@ -20,7 +22,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from vlmkd.errors import ConfigError
+from vlmkd.errors import BackendError, ConfigError
+
+
+class AllServersDown(BackendError):
+    """Every server refused connections through several backoffs: stop (finished rows are kept)."""
 
 
 @dataclass
@@ -55,16 +61,13 @@ def as_url_list(base_url: str | list[str] | None) -> list[str]:
 
 
 class EndpointPool:
-    def __init__(
-        self,
-        base_urls: str | list[str] | None,
-        concurrency: int,
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 30.0,
-    ):
+    BACKOFF_S = 1.0  # first backoff of a server that is down; doubles per failed probe, up to max_backoff_s
+    MAX_DOWN = 4  # every server down this many times in a row (1 + 2 + 4 s of backoff): stop the run
+
+    def __init__(self, base_urls: str | list[str] | None, concurrency: int, max_backoff_s: float = 30.0):
         c = max(1, int(concurrency))
         self.endpoints = [Endpoint(chat_url(u), max_limit=c, limit=c) for u in as_url_list(base_urls)]
-        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.backoff_s, self.max_backoff_s = self.BACKOFF_S, max_backoff_s
         self.cond = threading.Condition()
 
     @property
@@ -83,6 +86,9 @@ class EndpointPool:
                     e.inflight += 1
                     e.requests += 1
                     return e, e.limit
+                if all(e.down_streak >= self.MAX_DOWN for e in self.endpoints):
+                    urls = ", ".join(e.url for e in self.endpoints)
+                    raise AllServersDown(f"no server accepts connections ({urls}); start them and rerun")
                 wake = [e.backoff_until - now for e in self.endpoints if e.backoff_until > now]
                 self.cond.wait(timeout=min(wake) if wake else None)
 

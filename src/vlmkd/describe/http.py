@@ -120,7 +120,10 @@ class ChatClient:
         """One try at the least-loaded server."""
         import httpx
 
-        ep, queue = self.pool.acquire()
+        try:
+            ep, queue = self.pool.acquire()
+        except BackendError as e:  # every server is down: stop every request, not just this one
+            self._stop(e)
         t0 = time.monotonic()
         try:
             status, payload, retry_after = self._post(ep.url, body, queue)

@@ -261,29 +261,10 @@ def teacher_features(
     meta = read_json(folder / "meta.json")
     size = int(meta["shard_size"])  # a resumed run keeps the shard boundaries it started with
     rows = ShardedRows(folder, spans(n, size), row_shape, split, "teacher features")
-    todo = [] if merge == "only" else rows.todo()
-    if todo:
-        log.info("teacher features: %d/%d shards to compute -> %s", len(todo), len(rows.spans), folder)
-    ds = TeacherViews(
-        teacher,
-        manifest,
-        view,
-        k,
-        getattr(data_cfg, "on_bad_image", "error"),
-        getattr(clip_cfg, "pre_resize", None),
-    )
-    loader_args = {
-        "batch_size": max(1, int(clip_cfg.batch_size)),
-        "num_workers": int(getattr(data_cfg, "num_workers", 0) or 0),
-    }
     t0 = time.time()
-    with progress(
-        total=sum(hi - lo for lo, hi in (rows.spans[s] for s in todo)), desc="teacher features", unit="img"
-    ) as bar:
-        rows.compute(
-            lambda lo, hi: _compute_rows(loader_args, ds, lo, hi, teacher, device, row_shape, bar), todo
-        )
-    if merge == "only" and rows.missing():
+    if merge != "only":
+        _compute_mine(rows, teacher, manifest, key_obj, clip_cfg, data_cfg, device)
+    elif rows.missing():
         raise ArtifactError(
             f"teacher features: {len(rows.missing())} of {len(rows.spans)} shards are missing in "
             f"{str(folder)!r}; run every `vlmkd teach CONFIG --shard I/N` first"
@@ -300,6 +281,33 @@ def teacher_features(
     rows.finish(explicit_merge=merge == "only")
     _record(teacher, key, folder)
     return load_npy(folder / "features.npy")
+
+
+def _compute_mine(
+    rows: ShardedRows,
+    teacher: Any,
+    manifest: Manifest,
+    key_obj: dict,
+    clip_cfg: Any,
+    data_cfg: Any,
+    device: str,
+) -> None:
+    """This process's missing shards (then, under torchrun, the barrier every rank meets)."""
+    todo = rows.todo()
+    if todo:
+        log.info("teacher features: %d/%d shards to compute -> %s", len(todo), len(rows.spans), rows.parts)
+    on_bad = getattr(data_cfg, "on_bad_image", "error")
+    pre_resize = getattr(clip_cfg, "pre_resize", None)
+    ds = TeacherViews(teacher, manifest, key_obj["view"], key_obj["num_views"], on_bad, pre_resize)
+    loader_args = {
+        "batch_size": max(1, int(clip_cfg.batch_size)),
+        "num_workers": int(getattr(data_cfg, "num_workers", 0) or 0),
+    }
+    total = sum(rows.spans[s][1] - rows.spans[s][0] for s in todo)
+    with progress(total=total, desc="teacher features", unit="img") as bar:
+        rows.compute(
+            lambda lo, hi: _compute_rows(loader_args, ds, lo, hi, teacher, device, rows.row_shape, bar), todo
+        )
 
 
 def _record(teacher: Any, key: str, folder: Path) -> None:

@@ -197,11 +197,11 @@ def _prompt_texts(cfg: Any) -> tuple[dict[str, list[str]], int]:
     """name -> the texts CoOp puts its context in front of, and the class-text store's dimension."""
     from vlmkd.tasks.sources import class_text_matrix
 
+    if cfg.text.coop.texts not in ("names", "class_texts"):
+        raise ConfigError(f"text.coop.texts must be names or class_texts, got {cfg.text.coop.texts!r}")
     matrix, names, texts = class_text_matrix(cfg)
     if cfg.text.coop.texts == "names":
         return {n: [n.replace("_", " ") + "."] for n in names}, matrix.shape[1]
-    if cfg.text.coop.texts != "class_texts":
-        raise ConfigError(f"text.coop.texts must be names or class_texts, got {cfg.text.coop.texts!r}")
     if texts is None:
         raise ConfigError(
             "text.coop.texts=class_texts needs the texts of the class-text store (`vlmkd classtext`)"

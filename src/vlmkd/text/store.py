@@ -1,8 +1,11 @@
 """The embedding store: float16 N x D L2-normalised rows (memory-mapped .npy), their ids, and a keyed meta.json.
 
 Layout: `<parent>/<key[:16]>/{embeddings.npy, ids.json, meta.json}` and `<parent>/LATEST` naming the last one.
-The key is sha256 of (encoder id + revision, the texts, the ids): another encoder or other texts never reuse rows.
-Texts are deduplicated before encoding (one encoder call per distinct text); rows are stored per item.
+The key is sha256 of (encoder id + revision, the content fingerprint of a local encoder folder, the texts, the ids):
+another encoder, retrained weights in the same folder or other texts never reuse rows. Texts are deduplicated before
+encoding (one encoder call per distinct text); rows are stored per item. The distinct texts are encoded in shards
+(`<key[:16]>/shards/`, resumable), split across torchrun ranks or `--shard I/N` jobs like every stage.
+Runs record the keyed folder they read (`vlmkd.utils.provenance`), never `LATEST`.
 
 Reading for training:
     emb = EmbeddingStore("artifacts/embeddings")        # .ids, .array (mmap, float16), .meta, .lookup(ids)
