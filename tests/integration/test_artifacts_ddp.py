@@ -131,7 +131,12 @@ def test_two_process_train_builds_missing_teacher_caches_once(tmp_path, tiny):
             "mse": {"name": "mse", "weight": 1.0},
             "kd": {"name": "kd", "weight": 1.0},
         },
-        teacher={"name": "test_efficientnet", "checkpoint": str(ckpt), "cache_dir": str(tmp_path / "logits")},
+        teacher={
+            "name": "test_efficientnet",
+            "checkpoint": str(ckpt),
+            "mode": "cached",
+            "cache_dir": str(tmp_path / "logits"),
+        },
         train={"epochs": 1, "max_steps": 2, "tensorboard": False, "output_dir": str(tmp_path / "runs")},
         eval={"every": 0},
     )

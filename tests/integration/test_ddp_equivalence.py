@@ -84,7 +84,9 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.fixture(scope="module")
 def one_process(config) -> dict[str, torch.Tensor]:
-    return train(config, config.parent / "one", 1)
+    """The reference: a plain single-process run (in this process: no launcher start-up to pay)."""
+    assert main(["train", str(config), "--run-dir", str(config.parent / "one")]) == 0
+    return load_file(config.parent / "one" / "student.safetensors")
 
 
 def test_two_processes_equal_one_with_contrastive_terms(config, one_process):

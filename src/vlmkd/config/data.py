@@ -72,7 +72,7 @@ class DataConfig:
 
 
 def resolve_num_workers(value: int | str) -> int:
-    """"auto" becomes min(8, CPU cores): a recipe written for a big server must not oversubscribe a laptop."""
+    """The value "auto" becomes min(8, CPU cores): a recipe written for a server must not oversubscribe a laptop."""
     if value == "auto":
         return min(8, os.cpu_count() or 1)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:

@@ -38,7 +38,8 @@ def load_image(
 
     mode: "RGB", "L", or None for "L" when the file is grayscale (1, L, LA, I, I;16*, F) and "RGB" otherwise.
     max_side: downscale (never upscale) so the longer side is at most this, e.g. a VLM's input size.
-    shorter_side: downscale (never upscale) so the shorter side is this, e.g. what a training crop needs.
+    shorter_side: shrink large images towards this shorter side, never below it (what a training crop needs):
+        JPEG decodes at the 1/2 .. 1/8 scale that stays above it; any image still over twice it is resized to it.
     max_pixels: refuse files whose header declares more pixels (None: no limit).
     """
     if mode not in (None, "RGB", "L"):
@@ -55,6 +56,10 @@ def load_image(
         raise
     except Exception as e:  # any decoder failure (OSError, SyntaxError, struct.error, ...) is a bad file
         raise DataError(describe_failure(p, e)) from None
+    # shorter_side is a floor to shrink towards: a JPEG decoded at reduced scale is close enough (the transform
+    # resizes anyway, and a second resize would cost as much as the decode saved); others shrink when 2x larger
+    if shorter_side and min(out.size) <= 2 * shorter_side:
+        shorter_side = None
     target = _target_size(out.size, max_side, shorter_side)
     return out.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0) if target != out.size else out
 

@@ -46,6 +46,7 @@ def open_image(
     i: int,
     as_array: bool = False,
     *,
+    mode: str | None = None,
     max_side: int | None = None,
     shorter_side: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -53,14 +54,17 @@ def open_image(
     """The i-th sample as a PIL image (RGB or L). Unreadable files raise DataError naming the file.
 
     as_array: array-backed datasets (CIFAR, Fashion-MNIST) return their uint8 H x W (x 3) row as it is, which
-    transforms that accept arrays use to skip a PIL round trip. max_side / shorter_side / max_pixels: see
-    `load_image` (they apply to files; array rows are small and already decoded).
+    transforms that accept arrays use to skip a PIL round trip. mode: "RGB", "L" or None (keep gray as "L").
+    max_side / shorter_side / max_pixels: see `load_image` (files only; array rows are small and decoded).
     """
     if manifest.indices is not None:
         arr = np.ascontiguousarray(array_source(manifest)[int(manifest.indices[i])])
-        return arr if as_array else Image.fromarray(arr)
+        if as_array:
+            return arr
+        im = Image.fromarray(arr)
+        return im.convert(mode) if mode and im.mode != mode else im
     path = confined_path(manifest.root, manifest.paths[i])
-    return load_image(path, max_side=max_side, shorter_side=shorter_side, max_pixels=max_pixels)
+    return load_image(path, mode=mode, max_side=max_side, shorter_side=shorter_side, max_pixels=max_pixels)
 
 
 def sample_path(manifest: Manifest, i: int) -> str:

@@ -54,14 +54,18 @@ def run_library(run_dir: str | Path, meta: dict[str, Any]) -> TextLibrary:
     if ev.get("class_texts"):
         for n, t in zip(lib.seen, ev["class_texts"]):
             lib.texts[n] = [t] if isinstance(t, str) else list(t)
-    if not (run_dir / "config.yaml").is_file():
-        return lib
-    from vlmkd.config import load_config
+    if (run_dir / "config.yaml").is_file():
+        from vlmkd.config import load_config
 
-    cfg = load_config(run_dir / "config.yaml")
-    lib.templates = list(cfg.classtext.templates or DEFAULT_TEMPLATES)
-    if cfg.text.class_embeddings and Path(cfg.text.class_embeddings).exists():
-        _add_store(lib, cfg)
+        cfg = load_config(run_dir / "config.yaml")
+        lib.templates = list(cfg.classtext.templates or DEFAULT_TEMPLATES)
+        if cfg.text.class_embeddings and Path(cfg.text.class_embeddings).exists():
+            _add_store(lib, cfg)
+    learned = ev.get("class_text_learned")
+    if learned:  # a CoOp run: the rows it learned (the export cannot rerun the text tower with its context)
+        from vlmkd.text.coop import learned_rows
+
+        lib.rows.update(zip(learned["names"], learned_rows(learned, learned["names"])))
     return lib
 
 

@@ -42,7 +42,14 @@ STALE_TMP_SECONDS = 24 * 3600  # a temp file of a live writer on another host is
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    try:  # Linux: read it without changing it (os.umask is process-wide: a set-and-restore races with threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
