@@ -227,6 +227,25 @@ def test_model_card_names_the_describer_that_wrote_the_descriptions(tmp_path):
 
     m = png_manifest(tmp_path, n=3)
     folder = describe_manifest(m, _cfg(tmp_path), FlakyDescriber())
-    config = {"text": {"descriptions": str(folder)}, "describe": {"backend": "openai", "model": "recipe-default"}}
+    config = {
+        "text": {"descriptions": str(folder)},
+        "describe": {"backend": "openai", "model": "recipe-default"},
+    }
     line = _describer(config)
     assert "`fake-vlm`" in line and "`fake`" in line and "recipe-default" not in line
+
+
+def test_changed_file_content_is_described_again(tmp_path):
+    import os
+
+    from PIL import Image
+
+    m = png_manifest(tmp_path, n=5)
+    describe_manifest(m, _cfg(tmp_path), FlakyDescriber())
+    p = tmp_path / m.paths[2]
+    Image.new("RGB", (24, 24), (1, 2, 3)).save(p)  # same path, new picture
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a coarse file-system clock
+    d = FlakyDescriber()
+    describe_manifest(m, _cfg(tmp_path), d)
+    assert d.calls == [(1, 2, 3)]  # the cached hash of the old file was not trusted

@@ -11,7 +11,7 @@ from torch import nn
 from vlmkd.config import DataConfig, VisionTeacherConfig
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ArtifactError, ConfigError
-from vlmkd.utils.dist import work_split
+from vlmkd.utils.dist import WorkSplit, work_split
 from vlmkd.utils.io import artifact_key, load_npy, path_fingerprint, read_json, write_json
 from vlmkd.utils.provenance import record_artifact, record_model
 from vlmkd.utils.sharded import ShardedRows, spans
@@ -112,6 +112,8 @@ def cached_teacher_logits(
     )
     folder = Path(cache_dir) / key[:16]
     split = work_split()
+    if not split.collective:  # built inside training only: no job-array mode, one process builds it all
+        split = WorkSplit()
     done = _finished_logits(folder, key)
     split.barrier()  # every rank has looked before any rank writes
     if not done:
