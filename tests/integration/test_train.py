@@ -193,4 +193,5 @@ def test_user_errors_are_one_line_exit_2(tmp_path, data16, capsys, override, mes
     cfg = tiny_config(tmp_path, data16)
     assert main(["train", str(cfg), *override]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+    assert message in err[-1] and err[-1].startswith("vlmkd train: error:")  # one line, after the log
+    assert "Traceback" not in "\n".join(err)

@@ -1,6 +1,7 @@
 """The manifest at scale: compact ids/paths, a streamed key equal to the old artifact_key(to_dict), a cached key
 that still follows in-place edits, streamed save/load with the same bytes as before."""
 
+import json
 import pickle
 import tracemalloc
 from pathlib import Path
@@ -58,6 +59,21 @@ def test_key_and_saved_bytes_equal_the_list_based_forms(tmp_path, monkeypatch, c
         assert new.read_bytes() == old.read_bytes()
         back = Manifest.load(old)
         assert back.key() == m.key() and list(back.ids) == list(m.ids) and back.root == m.root
+
+
+def test_load_reads_any_json_layout_and_reports_bad_json(tmp_path):
+    m = _manifests()[0]
+    pretty = tmp_path / "pretty.json"
+    write_json(pretty, {**m.to_dict(), "key": m.key()}, indent=2)  # whitespace, newlines
+    assert Manifest.load(pretty).key() == m.key() and Manifest.load(pretty).paths == m.paths
+    odd = tmp_path / "odd.json"  # ints written as floats: not the usual layout, the json module reads it
+    arrays = _manifests()[1]
+    odd.write_text(json.dumps({**arrays.to_dict(), "labels": [float(x) for x in arrays.labels]}))
+    assert Manifest.load(odd).key() == arrays.key()
+    bad = tmp_path / "bad.json"
+    bad.write_text(pretty.read_text()[:-20])
+    with pytest.raises(json.JSONDecodeError):
+        Manifest.load(bad)
 
 
 def test_key_follows_in_place_edits_and_reassignment():

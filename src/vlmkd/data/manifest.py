@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from vlmkd.data.strings import StrArray, int_json_chunks
+from vlmkd.data.strings import StrArray, int_json_chunks, load_json_columns
 from vlmkd.errors import DataError
-from vlmkd.utils.io import _json_default, atomic_path, canonical_json, read_json
+from vlmkd.utils.io import _json_default, atomic_path, canonical_json
 
 _STR_FIELDS = ("ids", "paths")
 _INT_FIELDS = ("labels", "indices")
@@ -161,9 +161,6 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
-        d = read_json(path)
+        d = load_json_columns(path, _STR_FIELDS, _INT_FIELDS)
         d.pop("key", None)
-        for name in _STR_FIELDS + _INT_FIELDS:  # one column at a time: the JSON lists are freed as they go
-            if d.get(name) is not None:
-                d[name] = StrArray(d[name]) if name in _STR_FIELDS else np.asarray(d[name], dtype=np.int64)
         return cls(**d)

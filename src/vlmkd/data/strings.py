@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from json.decoder import scanstring
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +55,12 @@ class StrArray(Sequence):
         out = cls.__new__(cls)
         out._set(buf, np.asarray(off, dtype=np.int64))
         return out
+
+    @classmethod
+    def concat(cls, parts: Sequence[StrArray]) -> StrArray:
+        bases = np.cumsum([0] + [int(p._off[-1]) for p in parts])
+        tails = [p._off[1:] + b for p, b in zip(parts, bases)]
+        return cls._from_parts(b"".join(p._buf for p in parts), np.concatenate([[0], *tails]))
 
     def __reduce__(self):
         return StrArray._from_parts, (self._buf, np.array(self._off))
@@ -141,7 +150,8 @@ class StrArray(Sequence):
         block = np.frombuffer(self._buf, np.uint8, int(off[-1] - off[0]), int(off[0]))
         if ((block < 0x20) | (block > 0x7E) | (block == 0x22) | (block == 0x5C)).any():
             return json.dumps(self[lo:hi], separators=(sep, ":"))[1:-1]  # escapes needed: json does them
-        marked = np.insert(block, off[1:-1] - off[0], 0).tobytes()  # NUL cannot occur here: it marks a boundary
+        # a NUL (cannot occur in such a block) marks each boundary, then becomes the closing/opening quotes
+        marked = np.insert(block, off[1:-1] - off[0], 0).tobytes()
         return '"' + marked.decode("ascii").replace("\0", '"' + sep + '"') + '"'
 
     def __arrow_array__(self, type: Any = None):
@@ -178,3 +188,86 @@ def int_json_chunks(arr: np.ndarray, sep: str) -> Iterator[str]:
     for lo in range(0, len(arr), CHUNK):
         yield sep * (lo > 0) + json.dumps(arr[lo : lo + CHUNK].tolist(), separators=(sep, ":"))[1:-1]
     yield "]"
+
+
+# ----------------------------------------------------------------------------------- reading columns from JSON
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def load_json_columns(
+    path: str | Path, str_keys: Collection[str], int_keys: Collection[str]
+) -> dict[str, Any]:
+    """`json.load` of a top-level object, except that the arrays under str_keys / int_keys come back as a StrArray
+    / an int64 array, parsed a chunk at a time: a 1M-row manifest never exists as a million Python objects (which
+    cost ~200 MB at peak, and left part of it resident). Any other layout goes to the json module."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return _parse_object(text, str_keys, int_keys)
+    except (ValueError, IndexError, TypeError):  # not this layout (or not JSON): json parses it or says why
+        return json.loads(text)
+
+
+def _skip(text: str, pos: int) -> int:
+    return _WS.match(text, pos).end()
+
+
+def _parse_object(text: str, str_keys: Collection[str], int_keys: Collection[str]) -> dict[str, Any]:
+    dec, out = json.JSONDecoder(), {}
+    pos = _skip(text, 0)
+    if text[pos] != "{":
+        raise ValueError("not an object")
+    pos = _skip(text, pos + 1)
+    while text[pos] != "}":
+        if text[pos] != '"':
+            raise ValueError("expected a key")
+        key, pos = scanstring(text, pos + 1)
+        pos = _skip(text, pos)
+        if text[pos] != ":":
+            raise ValueError("expected ':'")
+        pos = _skip(text, pos + 1)
+        if text[pos] == "[" and key in str_keys:
+            out[key], pos = _str_array(text, pos)
+        elif text[pos] == "[" and key in int_keys:
+            out[key], pos = _int_array(text, pos)
+        else:
+            out[key], pos = dec.raw_decode(text, pos)
+        pos = _skip(text, pos)
+        if text[pos] == ",":
+            pos = _skip(text, pos + 1)
+        elif text[pos] != "}":
+            raise ValueError("expected ',' or '}'")
+    if _skip(text, pos + 1) != len(text):
+        raise ValueError("extra data")
+    return out
+
+
+def _str_array(text: str, pos: int) -> tuple[StrArray, int]:
+    parts, block = [], []
+    pos = _skip(text, pos + 1)
+    while text[pos] != "]":
+        if text[pos] != '"':
+            raise ValueError("not a string")
+        item, pos = scanstring(text, pos + 1)
+        block.append(item)
+        if len(block) == CHUNK:
+            parts.append(StrArray(block))
+            block = []
+        pos = _skip(text, pos)
+        if text[pos] == ",":
+            pos = _skip(text, pos + 1)
+        elif text[pos] != "]":
+            raise ValueError("expected ',' or ']'")
+    parts.append(StrArray(block))
+    return StrArray.concat(parts), pos + 1
+
+
+def _int_array(text: str, pos: int) -> tuple[np.ndarray, int]:
+    end = text.index("]", pos)
+    body = text[pos + 1 : end]
+    if not body.strip():
+        return np.zeros(0, dtype=np.int64), end + 1
+    arr = np.fromstring(body, dtype=np.int64, sep=",")  # text mode; raises on anything but integers
+    if len(arr) != body.count(",") + 1:  # "1,,2" or a trailing comma: invalid JSON, let json say so
+        raise ValueError("not a list of integers")
+    return arr, end + 1

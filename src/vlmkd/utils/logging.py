@@ -14,9 +14,22 @@ from vlmkd.utils.dist import is_main
 log = logging.getLogger("vlmkd")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record is emitted, not as it was when the handler was made: a
+    redirected or captured stderr (pytest's capsys, notebooks) must not leave it writing to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_console_logging(level: int = logging.INFO) -> None:
     if not log.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _CurrentStderr()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(h)
     log.setLevel(level)
