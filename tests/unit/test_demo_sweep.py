@@ -25,4 +25,4 @@ def test_candidate_parsing():
     assert name == "kd4_T4" and ov[: len(LONGTAIL_METHODS["vlmkd"])] == LONGTAIL_METHODS["vlmkd"]
     cfg = load_config(None, ov, base=base_recipe())  # later overrides win
     assert cfg.losses["kd"].weight == 4.0 and cfg.losses["kd"].args["temperature"] == 4.0
-    assert cfg.losses["text"].name == "text_nce"
+    assert cfg.losses["text"].name == "text_rkd"

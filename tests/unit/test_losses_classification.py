@@ -34,6 +34,8 @@ ALL = [
     "logit_adjusted",
     "mse",
     "text_nce",
+    "text_rkd",
+    "text_soft",
     "vl_cls",
     "vlprox",
 ]

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data-root",
         help="Fashion-MNIST folder (default: Debian's dataset-fashion-mnist, installed when missing)",
     )
-    p.add_argument("--only", choices=["longtail", "ood"], help="run one part only")
+    p.add_argument("--only", choices=["longtail", "ood", "combined"], help="run one part only")
     p.set_defaults(func=run)
 
 
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--seeds must be at least 1")
     if not args.data_root:
         ensure_fashion_mnist()
-    parts = (args.only,) if args.only else ("longtail", "ood")
+    parts = (args.only,) if args.only else ("longtail", "ood", "combined")
     run_demo(
         args.out,
         quick=args.quick,
