@@ -65,37 +65,17 @@ class Predictor:
         return cos / self.temperature
 
 
-def resize_arg(pre: dict[str, Any]) -> int | tuple[int, int]:
-    """torchvision's Resize size: the shorter side, or (R, R) when the student was trained on squashed images."""
-    r = int(pre.get("resize", pre["image_size"]))
-    return (r, r) if pre.get("resize_mode") == "squash" else r
-
-
 def build_transform(pre: dict[str, Any]):
-    """PIL image -> C x H x W float32 array, the student's evaluation transform."""
+    """PIL image -> C x H x W float32 array: the student's evaluation transform (`data.transforms.eval_ops`)."""
     from torchvision import transforms as T
 
-    interp = {
-        "bilinear": T.InterpolationMode.BILINEAR,
-        "bicubic": T.InterpolationMode.BICUBIC,
-        "nearest": T.InterpolationMode.NEAREST,
-    }[pre.get("interpolation", "bilinear")]
-    size = int(pre["image_size"])
-    ops = T.Compose(
-        [
-            T.Resize(resize_arg(pre), interpolation=interp),
-            T.CenterCrop(size),
-            T.ToTensor(),
-            T.Normalize(pre["mean"], pre["std"]),
-        ]
-    )
-    gray = int(pre["in_chans"]) == 1
+    from vlmkd.data.transforms import eval_ops
+
+    ops = T.Compose(eval_ops(pre))
+    mode = "L" if int(pre["in_chans"]) == 1 else "RGB"
 
     def apply(im: Image.Image) -> np.ndarray:
-        if im.mode not in ("RGB", "L"):
-            im = im.convert("RGB")
-        im = im.convert("L") if gray else (im if im.mode == "RGB" else im.convert("RGB"))
-        return ops(im).numpy()
+        return ops(im if im.mode == mode else im.convert(mode)).numpy()
 
     return apply
 

@@ -132,7 +132,9 @@ def test_wrong_model_name_fails_fast_and_cli_exits_2(tmp_path, fast_retries, cap
         assert main(["describe", str(cfg)]) == 2
         assert srv.count() <= 4 + 2  # not 6 tries for each of 30 images
         err = capsys.readouterr().err.strip().splitlines()
-        assert "first 4 requests all failed the same way: HTTP 500" in err[-1]  # the one error line, after the log
+        assert (
+            "first 4 requests all failed the same way: HTTP 500" in err[-1]
+        )  # the one error line, after the log
         assert main(["describe", str(cfg), "--dry-run", "--sample", "3", "describe.fail_fast_after=0"]) == 2
         out, err = capsys.readouterr()
         assert json.loads(out[: out.rindex("}") + 1])["failure_reasons"][0].startswith("HTTP 500")

@@ -254,7 +254,9 @@ def test_text_rkd_matches_loop_reference():
     got = L.build("text_rkd", temperature=tau, text_temperature=tau_t)(s, x)
     assert got.item() == pytest.approx(total / 5, rel=1e-5)
     # the same relations give zero, and fewer than three samples have no relation to distill
-    assert L.build("text_rkd", temperature=0.2, text_temperature=0.2)(x, x).item() == pytest.approx(0, abs=1e-6)
+    assert L.build("text_rkd", temperature=0.2, text_temperature=0.2)(x, x).item() == pytest.approx(
+        0, abs=1e-6
+    )
     assert L.build("text_rkd")(s[:2], x[:2]).item() == 0.0
 
 

@@ -117,22 +117,45 @@ def _pil_transform(cfg: DataConfig, train: bool) -> T.Compose:
     ops = _channels(cfg)
     if cfg.resize_mode not in RESIZE_MODES:
         raise ConfigError(f"unknown data.resize_mode {cfg.resize_mode!r}; choose shorter or squash")
+    if not train or cfg.augment == "none":
+        return T.Compose(ops + eval_ops(preprocess_config(cfg)))
     if cfg.resize_mode == "squash":  # every image to R x R first; crops then come from the squashed image
         ops.append(T.Resize((_eval_resize(cfg), _eval_resize(cfg))))
-    if train and cfg.augment != "none":
-        if s <= 64:  # small images (MNIST/CIFAR scale): pad-and-crop, the standard recipe
-            ops += [
-                T.Resize(s),
-                T.RandomCrop(s, padding=max(1, s // 8), padding_mode="reflect"),
-                T.RandomHorizontalFlip(),
-            ]
-        else:
-            ops += [T.RandomResizedCrop(s, scale=(0.08, 1.0)), T.RandomHorizontalFlip()]
-        if cfg.augment == "randaugment":
-            ops.append(T.RandAugment(num_ops=2, magnitude=9))
-        elif cfg.augment != "basic":
-            raise ConfigError(f"unknown data.augment {cfg.augment!r}; choose none, basic or randaugment")
+    if s <= 64:  # small images (MNIST/CIFAR scale): pad-and-crop, the standard recipe
+        ops += [
+            T.Resize(s),
+            T.RandomCrop(s, padding=max(1, s // 8), padding_mode="reflect"),
+            T.RandomHorizontalFlip(),
+        ]
     else:
-        ops += [T.Resize(_eval_resize(cfg)), T.CenterCrop(s)]
-    ops += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(ops)
+        ops += [T.RandomResizedCrop(s, scale=(0.08, 1.0)), T.RandomHorizontalFlip()]
+    if cfg.augment == "randaugment":
+        ops.append(T.RandAugment(num_ops=2, magnitude=9))
+    elif cfg.augment != "basic":
+        raise ConfigError(f"unknown data.augment {cfg.augment!r}; choose none, basic or randaugment")
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+INTERPOLATIONS = {
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+
+
+def resize_arg(pre: dict) -> int | tuple[int, int]:
+    """torchvision's Resize size: the shorter side, or (R, R) when the student was trained on squashed images."""
+    r = int(pre.get("resize", pre["image_size"]))
+    return (r, r) if pre.get("resize_mode") == "squash" else r
+
+
+def eval_ops(pre: dict) -> list:
+    """The evaluation transform (after colour conversion) from a preprocess dict (`preprocess_config`): the one
+    definition shared by training-time evaluation and `vlmkd predict` on exported models."""
+    interp = INTERPOLATIONS[pre.get("interpolation", "bilinear")]
+    return [
+        T.Resize(resize_arg(pre), interpolation=interp),
+        T.CenterCrop(int(pre["image_size"])),
+        T.ToTensor(),
+        T.Normalize(pre["mean"], pre["std"]),
+    ]
