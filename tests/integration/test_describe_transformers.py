@@ -104,6 +104,20 @@ def test_sampled_descriptions_do_not_depend_on_batching(tmp_path):
     assert any(r[0] != r[1] for r in texts) and len({r[0] for r in texts}) > 1  # really sampled
 
 
+def test_local_describer_key_follows_its_weights_not_mtime(tmp_path):
+    import os
+
+    model = make_tiny_blip(tmp_path / "model")
+    cfg = DescribeConfig(backend="transformers", model=model, device="cpu")
+    first = TransformersDescriber(cfg).identity()
+    assert first["weights"]
+    for f in (tmp_path / "model").iterdir():
+        os.utime(f, (1, 1))  # touched or copied: the same weights, the same key
+    assert TransformersDescriber(cfg).identity() == first
+    make_tiny_blip(tmp_path / "model", seed=1)  # retrained in place: a new key
+    assert TransformersDescriber(cfg).identity()["weights"] != first["weights"]
+
+
 def test_not_a_vlm_is_a_backend_error(tmp_path):
     from vlmkd.errors import BackendError
 

@@ -29,6 +29,7 @@ from vlmkd.describe.base import (
 from vlmkd.describe.keys import sample_seed
 from vlmkd.errors import BackendError, ConfigError
 from vlmkd.utils.device import resolve_device
+from vlmkd.utils.io import path_fingerprint
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -117,7 +118,7 @@ class TransformersDescriber:
         return bool(getattr(self.processor, "chat_template", None))
 
     def identity(self) -> dict[str, Any]:
-        return {
+        ident = {
             "backend": self.backend,
             "model": self.model_id,
             "revision": self.cfg.revision,
@@ -126,6 +127,12 @@ class TransformersDescriber:
             "max_side": self.cfg.max_side,
             "decoding": decoding_of(self.cfg),
         }
+        # a local folder's name says nothing about its weights: retrained weights in the same folder must not
+        # reuse old descriptions (content, not mtime; hub ids are pinned by `revision` and keep their keys)
+        weights = path_fingerprint(self.model_id)
+        if weights:
+            ident["weights"] = weights
+        return ident
 
     def text_for(self, prompt: str) -> str:
         if not self.has_chat_template:
