@@ -101,19 +101,23 @@ def test_offline_open_vocabulary_route(tmp_path, capsys):
     ev = json.loads((tmp_path / "eval.json").read_text())
     gen = ev["generalized"]
     assert set(gen["calibrated"]) == {"base", "novel", "harmonic"} and gen["calibration"]["split"] == "val"
+    # gamma chosen on val + the 5-shot support of the 2 novel classes (the images `--few-shot 5` adapts on)
+    assert gen["calibration"]["rule"] == "support" and gen["calibration"]["support"]["images"] == 10
     assert gen["classes_scored_among"] == 6
     assert json.loads((run / "calibration.json").read_text())["gamma"] == gen["gamma"]
     assert (
         main(["eval", str(run), "--teacher", "eval.generalized=true", "--out", str(tmp_path / "t.json")]) == 0
     )
-    assert "harmonic" in json.loads((tmp_path / "t.json").read_text())["generalized"]["calibrated"]
-    assert (
-        main(
-            ["eval", str(run), "--few-shot", "5", "--few-shot-steps", "5", "--out", str(tmp_path / "f.json")]
-        )
-        == 0
-    )
-    assert "ood_test_5shot" in json.loads((tmp_path / "f.json").read_text())["splits"]
+    teacher_gen = json.loads((tmp_path / "t.json").read_text())["generalized"]
+    assert "harmonic" in teacher_gen["calibrated"] and teacher_gen["calibration"]["support"]["images"] == 10
+    few_shot = ["--few-shot", "5", "--seed", "1", "--few-shot-steps", "5"]
+    assert main(["eval", str(run), *few_shot, "--out", str(tmp_path / "f.json")]) == 0
+    fs = json.loads((tmp_path / "f.json").read_text())
+    assert "ood_test_5shot" in fs["splits"]
+    # gamma is chosen on exactly the support the 5-shot score adapts on (its seed too); exports use this gamma
+    gen = fs["generalized"]
+    assert gen["calibration"]["support"] == {"split": "ood", "shots": 5, "seed": 1, "images": 10}
+    assert json.loads((run / "calibration.json").read_text())["gamma"] == gen["gamma"]
     capsys.readouterr()
 
     # 5. a zero-shot export over the novel names: the run's own (enriched) texts, recorded as embedded

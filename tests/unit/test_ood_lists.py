@@ -251,3 +251,27 @@ def test_few_shot_eval_excludes_support_from_x_ood(raw, monkeypatch):
     assert len(queries) == 12 - 4 and not set(queries.ids) & set(support.ids)
     assert set(queries.ids) | set(support.ids) == set(ms["ood_test"].ids)
     assert res["shots"] == 2
+
+
+def test_generalized_calibrates_on_the_few_shot_support_and_never_scores_it(raw, monkeypatch):
+    import vlmkd.eval.predict as predict
+    from vlmkd.eval.fewshot import draw_support
+    from vlmkd.eval.generalized import CalibrationSpec, student_generalized
+
+    ms = build_manifests(_cfg(raw))
+    seen: dict[str, Manifest] = {}
+
+    def fake_outputs(model, manifest, data_cfg, device="cpu", desc=""):
+        seen[manifest.split] = manifest
+        n = len(manifest)
+        emb = np.random.default_rng(len(seen)).normal(size=(n, 4))
+        return {"embedding": emb, "labels": manifest.labels, "index": np.arange(n)}
+
+    monkeypatch.setattr(predict, "student_outputs", fake_outputs)
+    texts = {"train": np.eye(4)[:2], "ood_test": np.eye(4)[2:]}
+    res = student_generalized(None, ms, texts, _cfg(raw), spec=CalibrationSpec(shots=2, seed=3))
+    support = seen["support"]
+    assert list(support.ids) == list(draw_support(ms["ood"], 2, 3).ids)  # the 2-shot evaluation's support
+    # X_ood lists share train and test: the support images chose gamma, so they are not scored
+    assert not set(seen["ood_test"].ids) & set(support.ids) and res["novel_images"] == len(ms["ood_test"]) - 4
+    assert res["calibration"]["support"] == {"split": "ood", "shots": 2, "seed": 3, "images": 4}

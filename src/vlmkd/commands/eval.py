@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise ArtifactError(f"{str(run_dir)!r} is not a vlmkd run folder (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml", args.overrides)
+    # the "support" calibration rule chooses gamma on the very support the K-shot score uses
+    if args.few_shot:
+        cfg.eval.calibration_shots, cfg.eval.calibration_seed = args.few_shot, args.seed
     if args.teacher:
         return _eval_teacher(cfg, args.out)
     student, meta = load_student(target if target.suffix == ".pt" else run_dir)
@@ -184,16 +187,17 @@ def _eval_teacher(cfg, out: str | None) -> int:
     splits = ["test", "val", "id", "ood_test"]
     if cfg.eval.generalized and "val" not in manifests:
         splits.append("train")  # held-out base images to choose gamma on
+    spec, why = _teacher_support(cfg, manifests, splits)
     teacher, _, items = _teacher_splits(cfg, manifests, splits)
     summary: dict = {"teacher": teacher.teacher_id, "splits": {}}
     feats, texts = {}, {}
     for split, m, f, w in items:
         metrics = zero_shot_accuracy(f, w, m.labels)
         feats[split], texts[split] = f, w
-        if split != "train":
+        if split not in ("train", "support"):
             summary["splits"][split] = {k: v for k, v in metrics.items() if k != "confusion"}
     if cfg.eval.generalized:
-        summary["generalized"] = _teacher_generalized(cfg, manifests, feats, texts)
+        summary["generalized"] = _teacher_generalized(manifests, feats, texts, spec, why)
     if not summary["splits"]:
         raise ConfigError(
             "no split has class texts for all its classes; rerun `vlmkd classtext` over all classes"
@@ -209,7 +213,22 @@ def _eval_teacher(cfg, out: str | None) -> int:
     return 0
 
 
-def _teacher_generalized(cfg, manifests, feats: dict, texts: dict) -> dict:
+def _teacher_support(cfg, manifests: dict, splits: list[str]):
+    """(calibration spec, why no support) for the teacher's generalized scores; with the support rule, the
+    K-shot support joins `manifests` and `splits` (in place) so that its teacher features are computed too."""
+    from vlmkd.eval.generalized import CalibrationSpec, support_manifest
+
+    if not cfg.eval.generalized:
+        return None, None
+    spec = CalibrationSpec.from_config(cfg.eval)
+    support, why = support_manifest(manifests, spec) if spec.rule == "support" else (None, None)
+    if support is not None:
+        manifests["support"] = support
+        splits.append("support")
+    return spec, why
+
+
+def _teacher_generalized(manifests, feats: dict, texts: dict, spec, why: str | None) -> dict:
     """The teacher's generalized zero-shot (see vlmkd.eval.generalized), from its clean-view features."""
     from vlmkd.errors import ConfigError
     from vlmkd.eval.generalized import features_generalized
@@ -220,9 +239,13 @@ def _teacher_generalized(cfg, manifests, feats: dict, texts: dict) -> dict:
             "eval.generalized=true needs novel classes (data.split.novel_classes) with class texts for every "
             "class; rerun `vlmkd classtext` (it covers every class)"
         )
-    labels = {k: manifests[k].labels for k in feats}
-    base = texts["id"]
-    return features_generalized(feats, labels, base, texts["ood_test"], calib, cfg.eval.calibration_tolerance)
+    labels = {k: np.asarray(manifests[k].labels) for k in feats}
+    if "support" in feats:  # never score an image gamma was chosen on (X_ood lists share train and test)
+        held = set(manifests["support"].ids)
+        keep = np.array([sid not in held for sid in manifests["ood_test"].ids], dtype=bool)
+        feats = {**feats, "ood_test": feats["ood_test"][keep]}
+        labels["ood_test"] = labels["ood_test"][keep]
+    return features_generalized(feats, labels, texts["id"], texts["ood_test"], calib, spec, why)
 
 
 def _representation(student, cfg, manifests) -> dict:

@@ -78,9 +78,19 @@ class EvalConfig:
     # calibrated stacking (see vlmkd.eval.generalized); the paper's restricted setting (X_id among base texts,
     # X_ood among novel texts) is always reported
     generalized: bool = False
-    # calibrated stacking: the largest seen-class penalty gamma that costs held-out base images (val, else train)
-    # at most this much accuracy among all names; no novel-class label is used
+    # how calibrated stacking chooses its seen-class penalty gamma (vlmkd.eval.generalized):
+    # "support": maximise the harmonic mean of held-out base accuracy (val, else train) and novel accuracy on the
+    #   K-shot support (calibration_shots training images per novel class, drawn as K-shot evaluation draws them
+    #   with calibration_seed; `vlmkd eval --few-shot K --seed S` uses K and S); falls back to base_tolerance
+    #   when the run has no novel-class training images;
+    # "base_tolerance": no novel-class label at all: the largest gamma that costs held-out base images at most
+    #   calibration_tolerance accuracy among all names
+    calibration: str = "support"
     calibration_tolerance: float = 0.03
+    calibration_shots: int = 5
+    calibration_seed: int = 0
+    # support rule: never give up more than this much held-out base accuracy (None: H alone decides)
+    calibration_max_base_drop: float | None = 0.05
     # also write each split's C x C confusion matrix to confusion.npz in the run folder (never into summary.json)
     confusion: bool = False
 

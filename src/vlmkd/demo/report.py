@@ -67,7 +67,7 @@ def combined_lines(summary: dict[str, Any]) -> list[str]:
     rows = summary.get("combined") or {}
     if not rows:
         return []
-    from vlmkd.demo.combined import COMBINED_COLS
+    from vlmkd.demo.combined import COMBINED_COLS, VAL_COLS
 
     novel = ", ".join(summary["ood_setup"]["novel_classes"])
     lines = [
@@ -79,12 +79,21 @@ def combined_lines(summary: dict[str, Any]) -> list[str]:
         "novel columns mean per-class accuracy on the novel test images. The combined student and the OOD "
         "specialist are scored through their embedding head; the long-tail specialist has no zero-shot head.",
         "",
-        "| student | " + " | ".join(COMBINED_COLS) + " | val overall |",
-        "|---" * (len(COMBINED_COLS) + 2) + "|",
+        "| student | " + " | ".join(COMBINED_COLS) + " | val overall | val tail | val teacher cos |",
+        "|---" * (len(COMBINED_COLS) + 4) + "|",
     ]
     for m, r in rows.items():
-        cells = [_p(r[c], r["std"].get(c)) for c in [*COMBINED_COLS, "val_overall"]]
+        cells = [_p(r.get(c), r["std"].get(c)) for c in [*COMBINED_COLS, *VAL_COLS[:2]]]
+        cos = r.get("val_teacher_cos")  # a cosine, not a percentage
+        cells.append("-" if cos is None else f"{cos:.3f}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "The recipe was chosen on val only: base val overall / tail, and `val teacher cos`, the mean cosine between "
+        "the student's embedding and the teacher's image embedding on base val images (the zero-shot head "
+        "inherits the teacher's alignment only as far as the embedding sits in the teacher's space; no novel "
+        "image or label is used).",
+    ]
     return lines
 
 

@@ -113,13 +113,12 @@ def evaluate_generalized(
 ) -> dict[str, Any] | None:
     """Generalized zero-shot (X_id and X_ood among base + novel names, raw and calibrated; see
     `vlmkd.eval.generalized`), or None when the student or the run cannot be scored that way."""
-    from vlmkd.eval.generalized import student_generalized
+    from vlmkd.eval.generalized import CalibrationSpec, student_generalized
 
     if eval_spec.mode != "cosine":
         return None
-    return student_generalized(
-        model, manifests, eval_spec.class_text, cfg.data, device, cfg.eval.calibration_tolerance
-    )
+    spec = CalibrationSpec.from_config(cfg.eval)
+    return student_generalized(model, manifests, eval_spec.class_text, cfg.data, device, spec)
 
 
 def generalized_split_entries(gen: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -38,6 +38,12 @@ def sample_support(manifest: Manifest, shots: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(out))
 
 
+def draw_support(pool: Manifest, shots: int, seed: int = 0) -> Manifest:
+    """The K-shot support of `pool` (the novel classes' training images): few-shot evaluation adapts on it and the
+    "support" rule of generalized calibration (vlmkd.eval.generalized) chooses gamma on it, the same images."""
+    return pool.subset(sample_support(pool, shots, seed), "support")
+
+
 def without_support(test: Manifest, support: Manifest) -> Manifest:
     """`test` minus the support images, matched by sample id (a no-op when the two are disjoint)."""
     held = set(support.ids)
@@ -175,7 +181,7 @@ def few_shot_eval(
         raise ConfigError(
             "the novel classes' train and test splits list different classes; rebuild the manifests"
         )
-    support = pool.subset(sample_support(pool, shots, seed), "support")
+    support = draw_support(pool, shots, seed)
     test = without_support(test, support)  # the paper scores X_ood minus the shots when both come from it
     novel = class_text["ood_test"]
     if method == "finetune":
