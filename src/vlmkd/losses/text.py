@@ -136,15 +136,20 @@ class TextRelational(nn.Module):
     and the student's is softmax_j(cos(proj_i, proj_j) / tau); the loss is KL(target || student) averaged over i.
     The diagonal is excluded. Only the structure of the descriptions is distilled, not their absolute position in
     the text space, so the student's embedding need not live in that space (any embed_dim works).
+    `input="features"` distills it into the backbone's pooled features instead of the embedding head, leaving that
+    head to the terms that place it in the teacher's space (vl_cls, im_cst: the combined student).
     """
 
     inputs = ("proj", "text_emb")
     batch_coupled = ("proj", "text_emb")  # the other samples are the relation's other end
 
-    def __init__(self, temperature: float = 0.1, text_temperature: float = 0.1):
+    def __init__(self, temperature: float = 0.1, text_temperature: float = 0.1, input: str = "proj"):
         super().__init__()
         self.temperature = require_positive("temperature", temperature)
         self.text_temperature = require_positive("text_temperature", text_temperature)
+        if input not in ("proj", "features"):
+            raise ConfigError(f"text_rkd: input must be proj or features, got {input!r}")
+        self.inputs = self.batch_coupled = (input, "text_emb")
 
     def forward(self, proj: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         s = F.normalize(proj, dim=-1)

@@ -161,8 +161,13 @@ def _student(cfg: Config, train: Manifest, embed_dim: int | None) -> nn.Module:
 
 
 def _temperature(terms: list[LossSpec]) -> float:
-    for t in terms:
-        temp = getattr(t.module, "temperature", None)
-        if isinstance(temp, float):
-            return temp
+    """The cosine head's temperature: that of the term scoring the embedding against the class texts (vl_cls),
+    else the first term's. A KD or text temperature listed first is not the head's (the combined student's KD
+    temperature 2.0 would flatten its exported zero-shot probabilities)."""
+    for head_only in (True, False):
+        for t in terms:
+            temp = getattr(t.module, "temperature", None)
+            reads_head = {"embedding", "class_text"} <= set(t.module.inputs)
+            if isinstance(temp, float) and (reads_head or not head_only):
+                return temp
     return 0.07
