@@ -1,5 +1,5 @@
 """2 processes (torchrun, gloo) train exactly what 1 process trains at the same global batch, with the batch-coupled
-terms: text_nce over sampled descriptions, im_cst over cached augmented teacher views, and cap.
+terms: text_nce over sampled descriptions, im_cst over cached augmented teacher views, cap and text_rkd.
 
 The artifacts are real: interrogate descriptions (2 per image) from a tiny CLIP, embedded by its text tower, and
 2 augmented teacher views per image cached by `vlmkd teach`.
@@ -50,6 +50,7 @@ def config(tmp_path_factory) -> Path:
             "text": {"name": "text_nce", "args": {"direction": "symmetric"}},
             "im": {"name": "im_cst"},
             "cap": {"name": "cap", "args": {"temperature": 0.1}},
+            "rkd": {"name": "text_rkd", "args": {"input": "features"}},
         },
         "optim": {"name": "sgd", "lr": 0.05},
         "train": {"epochs": 3, "max_steps": 5, "device": "cpu", "tensorboard": False, "log_every": 1},
