@@ -2,11 +2,17 @@
 
     python benchmarks/student_vs_teacher.py            # batch 1 and 32, 224 px, all models (~3-5 min on 2 cores)
     python benchmarks/student_vs_teacher.py --quick    # fewer repetitions
+    python benchmarks/student_vs_teacher.py --device cuda [--amp] [--channels-last]   # GPU latency (no ONNX part)
 
 Students: timm resnet18, resnet50, mobilenetv3_large_100 (random weights, 1000-class head). Teachers: the image
 towers of open_clip ViT-B-32 and ViT-L-14 (random weights: speed does not depend on them). Every model runs in the
 same process, same threads, same input; ratios are teacher latency / student latency. Also: the ResNet-18 student
 as ONNX (onnxruntime) against PyTorch eager. Goal: ResNet-18 >= 20x faster than ViT-L/14 at batch 32 on CPU.
+
+On `--device cuda` the models and input live on the GPU and every timed call ends with torch.cuda.synchronize();
+`--amp` runs them under bf16 autocast, `--channels-last` puts the CNN students (and their input) in channels_last.
+FLOPs are always counted on CPU; the ONNX Runtime comparison runs on CPU only. The last line printed is one JSON
+object with the device and the teacher/student speed-ups.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -58,10 +65,30 @@ def median_s(fn, runs: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def bench_torch(model: torch.nn.Module, size: int, batch: int, runs: int, warmup: int) -> float:
+def bench_torch(
+    model: torch.nn.Module,
+    size: int,
+    batch: int,
+    runs: int,
+    warmup: int,
+    device: torch.device | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> float:
+    device = device or torch.device("cpu")
     x = torch.randn(batch, 3, size, size)
+    x = x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if device.type != "cuda":
+        with torch.inference_mode():
+            return median_s(lambda: model(x), runs, warmup)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            model(x)
+        torch.cuda.synchronize(device)  # kernels run asynchronously: wait for them inside the timed call
+
     with torch.inference_mode():
-        return median_s(lambda: model(x), runs, warmup)
+        return median_s(step, runs, warmup)
 
 
 def bench_onnx(model: torch.nn.Module, size: int, batches: list[int], runs: int) -> dict[int, float]:
@@ -108,14 +135,40 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--students", nargs="+", default=STUDENTS)
     ap.add_argument("--teachers", nargs="+", default=TEACHERS)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the timed forwards run")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (--device cuda only)")
+    ap.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last CNN students and input (--device cuda only)",
+    )
     args = ap.parse_args(argv)
+    prog = "student_vs_teacher.py"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"{prog}: error: --device cuda, but torch sees no CUDA device")
+    if (args.amp or args.channels_last) and args.device != "cuda":
+        sys.exit(f"{prog}: error: --amp and --channels-last need --device cuda")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(
-        f"# student_vs_teacher: torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-        f"{platform.processor() or platform.machine()}, {args.size} px, random weights, median wall-clock"
-    )
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        dev_name = torch.cuda.get_device_name(device)
+        where = (
+            f"device cuda ({dev_name}), {'bf16 autocast' if args.amp else 'fp32'}"
+            f" (matmul precision {torch.get_float32_matmul_precision()})"
+            + (", channels_last students" if args.channels_last else "")
+            + f", torch {torch.__version__}, CUDA {torch.version.cuda}"
+        )
+    else:
+        dev_name = "cpu"
+        where = (
+            f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+            f"{platform.processor() or platform.machine()}"
+        )
+    print(f"# student_vs_teacher: {where}, {args.size} px, random weights, median wall-clock", flush=True)
     rows = {}
     for name in args.students + args.teachers:
         model = build(name)
@@ -123,19 +176,25 @@ def main(argv: list[str] | None = None) -> dict:
         rec = {
             "kind": "teacher" if name in args.teachers else "student",
             "params": sum(p.numel() for p in model.parameters()),
-            "flops": flops(model, args.size),
+            "flops": flops(model, args.size),  # on CPU, before the model moves
         }
+        cl = cuda and args.channels_last and rec["kind"] == "student"
+        if cuda:
+            model = model.to(device, memory_format=torch.channels_last) if cl else model.to(device)
         for b in args.batches:
             big = b > 8
-            runs = (
-                (1 if args.quick else 2)
-                if heavy and big
-                else (2 if args.quick else 3)
-                if heavy or (big and name in args.teachers)
-                else (3 if args.quick else 10)
-            )
-            warmup = 0 if heavy and big and args.quick else 1
-            rec[f"b{b}_s"] = bench_torch(model, args.size, b, runs, warmup)
+            if cuda:  # the GPU is fast: the same repetitions for every model; warm-up covers cuDNN autotuning
+                runs, warmup = (10, 3) if args.quick else (30, 5)
+            else:
+                runs = (
+                    (1 if args.quick else 2)
+                    if heavy and big
+                    else (2 if args.quick else 3)
+                    if heavy or (big and name in args.teachers)
+                    else (3 if args.quick else 10)
+                )
+                warmup = 0 if heavy and big and args.quick else 1
+            rec[f"b{b}_s"] = bench_torch(model, args.size, b, runs, warmup, device, args.amp, cl)
         rows[name] = rec
         print(
             f"  measured {name}: " + ", ".join(f"b{b} {1000 * rec[f'b{b}_s']:.1f} ms" for b in args.batches),
@@ -176,7 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
             )
 
     result = {"rows": rows, "ratios": ratios, "threads": torch.get_num_threads(), "size": args.size}
-    if "resnet18" in rows:
+    result.update(device=dev_name, amp=args.amp, channels_last=args.channels_last)
+    if "resnet18" in rows and cuda:
+        print("\n(ONNX Runtime comparison skipped: it runs on CPU only, use --device cpu)")
+    if "resnet18" in rows and not cuda:
         ort_s = bench_onnx(build("resnet18"), args.size, args.batches, 3 if args.quick else 10)
         print("\nresnet18: ONNX Runtime vs PyTorch eager (speed-up = eager latency / onnxruntime latency)")
         for b in args.batches:
@@ -186,15 +248,25 @@ def main(argv: list[str] | None = None) -> dict:
                 f"speed-up {eager / ort_s[b]:.2f}x"
             )
         result["onnx_resnet18"] = {f"b{b}_s": v for b, v in ort_s.items()}
-        key, col = "ViT-L-14/resnet18", f"b{max(args.batches)}"
-        if key in ratios:
-            v = ratios[key][col]
-            print(
-                f"\ngoal: resnet18 >= 20x faster than ViT-L-14 at batch {max(args.batches)}: {v:.1f}x -> "
-                f"{'MET' if v >= 20 else 'NOT MET'}"
-            )
+    key, col = "ViT-L-14/resnet18", f"b{max(args.batches)}"
+    if key in ratios:
+        v = ratios[key][col]
+        print(
+            f"\ngoal: resnet18 >= 20x faster than ViT-L-14 at batch {max(args.batches)} ({args.device}): "
+            f"{v:.1f}x -> {'MET' if v >= 20 else 'NOT MET'}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    summary = {"device": dev_name, "amp": args.amp, "channels_last": args.channels_last}
+    for pair, rr in ratios.items():
+        t, s = pair.split("/")
+        for c, v in rr.items():
+            summary[f"speedup_{t.replace('-', '').lower()}_{s}_{c}"] = round(v, 2)
+    for name, r in rows.items():
+        summary[f"{name}_b{max(args.batches)}_img_s"] = round(
+            max(args.batches) / r[f"b{max(args.batches)}_s"], 1
+        )
+    print(json.dumps(summary))
     return result
 
 
