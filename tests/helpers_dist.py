@@ -28,15 +28,25 @@ def dist_env() -> dict[str, str]:
     }
 
 
-def torchrun_cmd(nproc: int, args: list[str], launcher: list[str] | None = None) -> list[str]:
+def torchrun_cmd(
+    nproc: int, args: list[str], launcher: list[str] | None = None, entry: Path | None = None
+) -> list[str]:
+    """`entry`: a script run in place of `-m vlmkd` (one that patches a module constant, then calls the CLI)."""
     launch = launcher or ["--nproc_per_node", str(nproc), "--master_port", str(free_port())]
-    return [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "vlmkd", *args]
+    program = [str(entry)] if entry else ["-m", "vlmkd"]
+    return [sys.executable, "-m", "torch.distributed.run", *launch, *program, *args]
 
 
-def torchrun(nproc: int, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def torchrun(
+    nproc: int, args: list[str], timeout: int = 300, entry: Path | None = None
+) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node N -m vlmkd ARGS`; fails the test with the tail of stderr on a non-zero exit."""
     r = subprocess.run(
-        torchrun_cmd(nproc, args), env=dist_env(), capture_output=True, text=True, timeout=timeout
+        torchrun_cmd(nproc, args, entry=entry),
+        env=dist_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return r

@@ -1,8 +1,9 @@
-"""Artifacts built once, in parallel: `teach` / `embed` split across torchrun ranks or `--shard I/N` job arrays,
-and `train` under torchrun builds a missing teacher cache once (sharded), never on every rank."""
+"""Artifacts built once, in parallel: `teach` / `embed` / `classtext` split across torchrun ranks or `--shard I/N`
+job arrays, and `train` under torchrun builds a missing teacher cache once (sharded), never on every rank."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -12,8 +13,18 @@ import yaml
 
 from conftest import make_image_folder
 from helpers_dist import torchrun
+from helpers_embed_entry import EMBED_ROWS
 from helpers_tiny_models import make_tiny_hf_clip
 from vlmkd.cli import main
+from vlmkd.describe import DescriptionStore
+from vlmkd.text import EmbeddingStore, build_text_encoder, class_embedding_matrix
+from vlmkd.text.classtext import load_class_texts
+from vlmkd.text.store import description_ids
+from vlmkd.utils.io import read_json
+
+ENTRY = (
+    Path(__file__).resolve().parents[1] / "helpers_embed_entry.py"
+)  # vlmkd with shards of EMBED_ROWS texts
 
 SHARDS = 5  # 24 images in shards of 5 rows
 
@@ -149,3 +160,140 @@ def test_two_process_train_builds_missing_teacher_caches_once(tmp_path, tiny):
     (logits,) = (tmp_path / "logits").glob("*/logits.npy")
     assert np.load(logits).shape == (24, 3) and not list((tmp_path / "logits").glob("*/shards/*"))
     assert (tmp_path / "run" / "student.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ embed / classtext under torchrun (MiniLM, CPU)
+
+SENTENCES = {  # 4 per class, one repeated: 12 class texts, 11 distinct -> shards of 5, 5, 1
+    "cat": ["it has whiskers.", "it is small.", "it has whiskers.", "it purrs."],
+    "dog": ["it has a tail.", "it barks.", "it is loyal.", "it runs."],
+    "owl": ["it has feathers.", "it hoots.", "it flies at night.", "it has big eyes."],
+}
+
+
+@pytest.fixture(scope="module")
+def texts_config(tiny, tmp_path_factory) -> Path:
+    """Interrogate descriptions (2 per image: 48 texts, 16 distinct) and enriched class texts from a sentences
+    file; `embed.output` / `classtext.output` are given per run."""
+    base = tmp_path_factory.mktemp("texts")
+    (base / "sentences.json").write_text(json.dumps(SENTENCES))
+    path = config(
+        base / "texts.yaml",
+        tiny,
+        base / "cache",
+        describe={
+            "backend": "interrogate",
+            "n_descriptions": 2,
+            "output": str(base / "desc"),
+            "device": "cpu",
+        },
+        embed={"device": "cpu"},
+        classtext={"enriched": True, "sentences_file": str(base / "sentences.json")},
+    )
+    assert main(["describe", str(path)]) == 0
+    return path
+
+
+def writes(stderr: str, name: str) -> list[str]:
+    """The processes that wrote a JSON file called `name` (lines printed by helpers_embed_entry)."""
+    return re.findall(rf"wrote {re.escape(name)} by process (\d)", stderr)
+
+
+def assert_split_once(stderr: str, shards: int) -> None:
+    """Every embed shard computed exactly once, by both ranks between them, and merged once by rank 0."""
+    done = shard_lines(stderr, "embed")
+    assert sorted(int(s) for s, _ in done) == list(range(1, shards + 1))
+    assert {p for _, p in done} == {"0", "1"}
+    assert writes(stderr, "meta.json") == ["0"]  # the merge (meta.json marks a complete store)
+
+
+def assert_same_store(two: EmbeddingStore, one: EmbeddingStore) -> None:
+    assert two.ids == one.ids and two.key == one.key and two.meta == one.meta
+    # same shards of the same texts, so the same encoder batches: bitwise, not merely close
+    assert np.array_equal(np.asarray(two.array), np.asarray(one.array))
+    assert not (two.path / "shards").exists()
+    assert read_json(two.path.parent / "LATEST") == {"key": two.key, "folder": two.key[:16]}
+    leftovers = {p.name for p in two.path.parent.iterdir()} - {"LATEST", two.path.name}
+    assert not leftovers  # no stray temporary files
+
+
+def one_process(texts_config: Path, stage: str, out: Path) -> None:
+    """`vlmkd STAGE` in this process, with the shards of EMBED_ROWS texts that torchrun's processes use."""
+    import vlmkd.text.store as store
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(store, "EMBED_SHARD", EMBED_ROWS)
+        assert main([stage, str(texts_config), f"{stage}.output={out}"]) == 0
+
+
+@pytest.fixture(scope="module")
+def embedded(texts_config) -> EmbeddingStore:
+    one_process(texts_config, "embed", texts_config.parent / "one")
+    return EmbeddingStore(texts_config.parent / "one")
+
+
+@pytest.mark.slow
+def test_two_process_embed_equals_one_process(tmp_path, texts_config, embedded):
+    r = torchrun(2, ["embed", str(texts_config), f"embed.output={tmp_path / 'two'}"], entry=ENTRY)
+    assert_split_once(r.stderr, shards=4)  # 16 distinct descriptions in shards of 5
+    assert writes(r.stderr, "LATEST") == ["0"]
+    assert r.stdout.count("48 texts (16 distinct) x 384") == 1  # reported by rank 0 only
+    assert_same_store(EmbeddingStore(tmp_path / "two"), embedded)
+    # and each row is its own text's embedding (an order error shared by 1 and 2 processes passes the above)
+    desc = DescriptionStore(texts_config.parent / "desc").load()
+    rows = embedded.lookup(description_ids(desc["sample_id"], desc["k"])).astype(np.float32)
+    encoder = build_text_encoder("sentence_transformers", None, None, "cpu", 256)
+    assert np.allclose(rows, encoder.encode(list(desc["text"])), atol=2e-3)  # float16 rows, other batches
+
+
+def test_classtext_job_array_points_latest_at_the_merged_store(
+    tmp_path, texts_config, monkeypatch, capsys, caplog
+):
+    import vlmkd.text.store as store
+
+    monkeypatch.setattr(store, "EMBED_SHARD", EMBED_ROWS)  # 11 distinct class texts: 3 shards
+    args = ["classtext", str(texts_config), f"classtext.output={tmp_path}"]
+    assert main([*args, "--merge"]) == 2  # nothing written yet: a merge computes nothing
+    assert "run every `--shard I/N` first" in capsys.readouterr().err
+    assert main([*args, "--shard", "1/2"]) == 0
+    assert "or run `vlmkd classtext CONFIG --merge` when all are done" in caplog.text  # not `vlmkd embed`
+    assert not (tmp_path / "LATEST").exists()  # the class texts' pointer waits for their embeddings
+    assert main([*args, "--shard", "0/2"]) == 0  # the last one to finish merges
+    (folder,) = tmp_path.glob("*/classtexts.json")
+    assert read_json(tmp_path / "LATEST")["folder"] == folder.parent.name
+    assert len(EmbeddingStore(folder.parent / "embeddings")) == 12
+    assert main([*args, "--merge"]) == 0  # the explicit merge step removes the shards the jobs kept
+    assert not list(folder.parent.glob("embeddings/*/shards/*.npy"))
+
+
+@pytest.mark.slow
+def test_two_process_classtext_equals_one_process(tmp_path, texts_config):
+    one_process(texts_config, "classtext", tmp_path / "one")
+    r = torchrun(2, ["classtext", str(texts_config), f"classtext.output={tmp_path / 'two'}"], entry=ENTRY)
+    assert_split_once(r.stderr, shards=3)
+    assert writes(r.stderr, "classtexts.json") == ["0"]
+    assert writes(r.stderr, "LATEST") == ["0", "0"]  # the embedding store's pointer, then the classtext one
+    assert r.stdout.count("3 classes, 12 texts") == 1
+    one, two = load_class_texts(tmp_path / "one"), load_class_texts(tmp_path / "two")
+    assert two == one and [len(t) for t in two["texts"]] == [4, 4, 4]
+    (folder,) = (tmp_path / "two").glob("*/classtexts.json")
+    emb = EmbeddingStore(folder.parent / "embeddings")
+    assert_same_store(emb, EmbeddingStore(next((tmp_path / "one").glob("*/embeddings"))))
+    assert class_embedding_matrix(emb, 3).shape == (3, 384)  # raises if a class has no text
+
+
+@pytest.mark.slow
+def test_two_process_embed_resumes_from_the_shards_of_a_killed_run(
+    tmp_path, texts_config, embedded, monkeypatch
+):
+    import vlmkd.text.store as store
+
+    monkeypatch.setattr(store, "EMBED_SHARD", EMBED_ROWS)
+    args = ["embed", str(texts_config), f"embed.output={tmp_path / 'emb'}"]
+    assert main([*args, "--shard", "1/2"]) == 0  # process 1's shards (2 and 4) are written, then
+    (parts,) = (tmp_path / "emb").glob("*/shards")
+    (parts / "shard_00003.npy").unlink()  # its last one is lost, as if killed before writing it
+    r = torchrun(2, args, entry=ENTRY)
+    done = shard_lines(r.stderr, "embed")
+    assert sorted(done) == [("1", "0"), ("3", "0"), ("4", "1")]  # only the missing shards, each once
+    assert_same_store(EmbeddingStore(tmp_path / "emb"), embedded)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vlmkd.cli import add_config_args
+from vlmkd.commands._shards import add_shard_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,11 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--split", default=None, help="split whose class names are used (default: classtext.split)"
     )
     p.add_argument("--no-embed", action="store_true", help="write the texts only")
-    p.add_argument(
-        "--shard",
-        default=None,
-        help="embed shard I of N (job arrays; under torchrun the ranks split it themselves)",
-    )
+    add_shard_args(p, "the class texts' embedding")
     p.set_defaults(func=run)
 
 
@@ -39,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from vlmkd.commands._shards import start_workers
 
     _, work = start_workers(args, cfg.embed.device)  # torchrun: rank 0 writes texts, all ranks embed
-    folder = build_class_texts(names, cfg.classtext, None if args.no_embed else cfg.embed, shard=args.shard)
+    embed_cfg = None if args.no_embed else cfg.embed
+    merge = "only" if args.merge else "auto"
+    folder = build_class_texts(names, cfg.classtext, embed_cfg, shard=args.shard, merge=merge)
     data = load_class_texts(folder)
     n = sum(len(t) for t in data["texts"])
     if work.rank == 0 or not work.collective:

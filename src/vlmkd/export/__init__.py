@@ -180,7 +180,7 @@ def export_model(
 
     head: "classifier" (the classifier head's logits) or "zero_shot" (the embedding head + class-text
     embeddings built with `text_encoder`, default: the encoder named by `encoder_name`, the run's
-    `embed.encoder`, or the bundled MiniLM). None picks classifier when the student has one. Zero-shot names
+    `embed.encoder`, or the bundled MiniLM). None picks the head `vlmkd eval` scores (the embedding head of a cosine-scored run, else the classifier). Zero-shot names
     the run's class-text store knows keep its exact rows (enriched texts); gamma (calibrated stacking, subtracted
     from the trained classes' cosine scores in predict) defaults to the run's recorded one, else 0.
     """
@@ -191,8 +191,9 @@ def export_model(
     source = Path(source)
     run_dir = source if source.is_dir() else source.parent
     student, meta = load_student(source)
-    if head is None:
-        head = "classifier" if student.classifier is not None else "zero_shot"
+    if head is None:  # the head `vlmkd eval` scored (and `predict RUN` uses): an export behaves like its run
+        scored = (meta.get("eval") or {}).get("mode")
+        head = "classifier" if student.classifier is not None and scored != "cosine" else "zero_shot"
     outputs = output_names(student, head)
     out_dir = (
         Path(out_dir)

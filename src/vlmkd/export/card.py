@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 NOT_MEASURED = "not measured"
+HEADS = {"classifier": "classifier head", "zero_shot": "embedding head (cosine to the class texts)"}
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -117,11 +118,19 @@ def _losses(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
     ]
 
 
-def _metrics(summary: dict[str, Any]) -> list[str]:
+def _metrics(summary: dict[str, Any], scored: str, exported: str) -> list[str]:
+    """The run's metrics table. `scored`: the head the run was evaluated with (a model.head=both student's cosine
+    head when it is trained against the class texts), `exported`: this export's; the card says when they differ."""
     splits = summary.get("splits") or {}
     if not splits:
         return ["Metrics: not measured (no summary.json in the run folder)."]
     rows = ["| split | overall | mean per class | Many | Medium | Few |", "|---|---|---|---|---|---|"]
+    if scored != exported:
+        rows[:0] = [
+            f"Measured through the run's {HEADS[scored]}, the head `vlmkd eval` scores; this export's "
+            f"{HEADS[exported]} was not scored.",
+            "",
+        ]
     for name, m in splits.items():
         rows.append(
             f"| {name} | "
@@ -129,7 +138,10 @@ def _metrics(summary: dict[str, Any]) -> list[str]:
             + " |"
         )
     ood = splits.get("ood_test")
-    rows += ["", f"Novel-class zero-shot accuracy: {_pct(ood.get('overall')) if ood else NOT_MEASURED}"]
+    novel = _pct(ood.get("overall")) if ood else NOT_MEASURED
+    if ood and scored == "zero_shot" and exported == "classifier":  # a closed-set export names no new class
+        novel = f"none from this closed-set export ({novel} through the embedding head: `--head zero_shot`)"
+    rows += ["", f"Novel-class zero-shot accuracy: {novel}"]
     return rows
 
 
@@ -148,6 +160,7 @@ def model_card(
 ) -> str:
     pre = meta.get("preprocess", {})
     spec = meta.get("spec", {})
+    scored_mode = (meta.get("eval") or {}).get("mode", "logits")
     counts = meta.get("train_counts") or summary.get("train_counts")
     data = config.get("data") or {}
     lines = [
@@ -202,7 +215,7 @@ def model_card(
         "",
         "## Metrics",
         "",
-        *_metrics(summary),
+        *_metrics(summary, "zero_shot" if scored_mode == "cosine" else "classifier", export["head"]),
         "",
         "## Size and speed",
         "",

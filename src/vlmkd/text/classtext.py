@@ -240,12 +240,18 @@ def classtext_key(class_names: list[str], cfg: Any) -> str:
 
 
 def build_class_texts(
-    class_names: list[str], cfg: Any, embed_cfg: Any = None, encoder: Any = None, shard: Any = None
+    class_names: list[str],
+    cfg: Any,
+    embed_cfg: Any = None,
+    encoder: Any = None,
+    shard: Any = None,
+    merge: str = "auto",
 ) -> Path:
     """Write `<output>/<key16>/classtexts.json` and, with an encoder or embed config, its embedding store
     (`<output>/<key16>/embeddings/`, ids "<class>#<j>"). Reuses what exists with the same key.
     Under torchrun every rank calls it: rank 0 writes the texts while the others wait, then the ranks share the
-    embedding (`embed_texts`); `shard="I/N"` splits the embedding of a job array."""
+    embedding (`embed_texts`); `shard="I/N"` splits the embedding of a job array, `merge="only"` merges it."""
+    from vlmkd.errors import ArtifactError
     from vlmkd.utils.dist import work_split
     from vlmkd.utils.sharded import build_once
 
@@ -253,6 +259,8 @@ def build_class_texts(
     folder = Path(cfg.output) / key[:16]
     path = folder / "classtexts.json"
     split = work_split(shard)
+    if merge == "only" and not path.is_file():  # a merge computes nothing (no LLM call either)
+        raise ArtifactError(f"classtext: no texts in {str(folder)!r}; run every `--shard I/N` first")
     build_once(
         split,
         lambda: path.is_file() and read_json(path).get("key") == key,
@@ -265,20 +273,24 @@ def build_class_texts(
         encoder = build_text_encoder(
             embed_cfg.encoder, embed_cfg.model, embed_cfg.revision, embed_cfg.device, embed_cfg.batch_size
         )
+    complete = True
     if encoder is not None:
         from vlmkd.text.store import embed_texts
 
         flat = [t for ts in data["texts"] for t in ts]
         ids = [f"{c}#{j}" for c, ts in enumerate(data["texts"]) for j in range(len(ts))]
-        embed_texts(
+        store = embed_texts(
             flat,
             encoder,
             folder / "embeddings",
             ids,
             extra_meta={"source": "classtext", "source_key": key, "class_names": list(class_names)},
             shard=shard,
+            merge=merge,
+            command="vlmkd classtext CONFIG",
         )
-    if split.rank == 0 or not split.collective:
+        complete = store is not None  # a job array's partial run: LATEST waits for the merge
+    if complete and (split.rank == 0 or not split.collective):
         write_json(Path(cfg.output) / "LATEST", {"key": key, "folder": key[:16]})
     return folder
 

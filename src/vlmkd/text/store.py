@@ -126,6 +126,7 @@ def embed_texts(
     extra_meta: dict[str, Any] | None = None,
     shard: str | tuple[int, int] | None = None,
     merge: str = "auto",
+    command: str = "vlmkd embed CONFIG",  # the stage a job array reruns with --merge (named in its hints)
 ) -> EmbeddingStore | None:
     """Encode `texts` (deduplicated) into a keyed store under `out_dir`; an existing store with that key is reused.
 
@@ -158,7 +159,7 @@ def embed_texts(
         if merge != "only":
             rows.compute(lambda lo, hi: _encode_rows(uniq[lo:hi], encoder, batch_size, "embed"))
         if rows.missing() and (merge == "only" or not split.collective):
-            log.info(rows.waiting_message("vlmkd embed CONFIG"))
+            log.info(rows.waiting_message(command))
             if merge == "only":
                 raise ArtifactError(
                     f"embed: shards are missing in {str(folder)!r}; run every `--shard I/N` first"
