@@ -3,7 +3,9 @@
 #
 #     bash scripts/gpu_check.sh            # with $OUT set (logs land there; default /tmp/gpu_check_out)
 #
-# Needs open_clip for the teacher towers: carried as wheels in .whl/ (open_clip_torch, ftfy, wcwidth), installed
+# Needs open_clip for the teacher towers: carried as wheels in .whl/ (open_clip_torch, ftfy, wcwidth), made on a
+# machine with network by `pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl
+# open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.2.13` (all pure Python) and installed
 # with --no-index into /tmp/site. vlmkd itself runs from src/ via PYTHONPATH (the tests call `python -m vlmkd`,
 # no console script). Steps, each under `timeout`, each run even if an earlier one failed:
 #   1. pytest -m gpu tests/gpu                                   -> pytest_gpu.log
