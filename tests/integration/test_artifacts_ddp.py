@@ -22,9 +22,8 @@ from vlmkd.text.classtext import load_class_texts
 from vlmkd.text.store import description_ids
 from vlmkd.utils.io import read_json
 
-ENTRY = (
-    Path(__file__).resolve().parents[1] / "helpers_embed_entry.py"
-)  # vlmkd with shards of EMBED_ROWS texts
+# vlmkd with shards of EMBED_ROWS texts
+ENTRY = Path(__file__).resolve().parents[1] / "helpers_embed_entry.py"
 
 SHARDS = 5  # 24 images in shards of 5 rows
 
@@ -100,9 +99,8 @@ def test_embed_job_array_equals_one_process(tmp_path, monkeypatch):
     assert store.embed_texts(texts, encoders[1], tmp_path / "arr", shard=(1, 2)) is None
     merged = store.embed_texts(texts, encoders[0], tmp_path / "arr", shard=(0, 2))
     assert np.array_equal(np.asarray(merged.array), np.asarray(one.array)) and merged.ids == one.ids
-    assert sorted(encoders[0].seen + encoders[1].seen) == sorted(
-        set(texts)
-    )  # each distinct text encoded once
+    # each distinct text encoded once
+    assert sorted(encoders[0].seen + encoders[1].seen) == sorted(set(texts))
 
 
 def shard_lines(stderr: str, what: str) -> list[str]:
@@ -128,9 +126,8 @@ def test_two_process_train_builds_missing_teacher_caches_once(tmp_path, tiny):
     import timm
     import torch
 
-    ckpt = (
-        tmp_path / "kd_teacher.pt"
-    )  # a timm teacher for the cached-logits path (random weights, no download)
+    # a timm teacher for the cached-logits path (random weights, no download)
+    ckpt = tmp_path / "kd_teacher.pt"
     torch.save(timm.create_model("test_efficientnet", num_classes=3).state_dict(), ckpt)
     cfg = config(
         tmp_path / "train.yaml",

@@ -100,18 +100,7 @@ def test_demo_miniature_end_to_end(tmp_path, capsys):
     novel = s["ood_setup"]["novel_classes"]
     run = tmp_path / "demo" / "runs" / "ood-vl_cls+im_cst+vlprox-s0"
     export = tmp_path / "export"
-    args = [
-        "export",
-        str(run),
-        "--format",
-        "onnx",
-        "--head",
-        "zero_shot",
-        "--out",
-        str(export),
-        "--no-latency",
-    ]
-    assert main([*args, "--classes", *novel]) == 0
+    assert main([*zero_shot_export(run, export), "--classes", *novel]) == 0
     images = tmp_path / "novel_images"
     images.mkdir()
     test_x = _read_idx(_find_idx(tmp_path / "fmnist", "t10k-images-idx3-ubyte"))
@@ -129,21 +118,16 @@ def test_demo_miniature_end_to_end(tmp_path, capsys):
     # The CoOp student ships its learned class-text matrix, not a fresh embedding of the class texts
     coop_run = tmp_path / "demo" / "runs" / "ood-vl_cls+im_cst+coop-s0"
     coop_export = tmp_path / "export_coop"
-    coop_args = [
-        "export",
-        str(coop_run),
-        "--format",
-        "onnx",
-        "--head",
-        "zero_shot",
-        "--out",
-        str(coop_export),
-    ]
-    assert main([*coop_args, "--no-latency", "--classes", *novel]) == 0
+    assert main([*zero_shot_export(coop_run, coop_export), "--classes", *novel]) == 0
     learned = load_student(coop_run)[1]["eval"]["class_text_learned"]
     row = {n: i for i, n in enumerate(learned["names"])}
     want = np.asarray(learned["matrix"], dtype=np.float32)[[row[n] for n in novel]]
     np.testing.assert_allclose(read_class_store(coop_export)[1], want, atol=1e-6)
+
+
+def zero_shot_export(run, out) -> list[str]:
+    """`vlmkd export` arguments for a zero-shot ONNX export of a demo run (class names still to add)."""
+    return ["export", str(run), "--format", "onnx", "--head", "zero_shot", "--out", str(out), "--no-latency"]
 
 
 @needs_fmnist

@@ -23,9 +23,8 @@ def test_recipe_matches_the_demo_combined_student():
     assert recipe.losses["vl"].args == {"balanced": True}
     # the embedding head carries only the OOD specialist's terms; the description loss acts on the backbone
     assert recipe.losses["text"].args == {"input": "features"}
-    assert (
-        recipe.losses["kd"].weight == 1.0
-    )  # chosen on val for the combined student (4 in the long-tail one)
+    # chosen on val for the combined student (4 in the long-tail one)
+    assert recipe.losses["kd"].weight == 1.0
 
 
 def test_combined_table():

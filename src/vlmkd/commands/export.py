@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--head",
         choices=["classifier", "zero_shot"],
         help="classifier: the classifier head's logits; zero_shot: the embedding head + class-text "
-        "embeddings (add classes later with `vlmkd classes add`). Default: the head `vlmkd eval` scores the run with (zero_shot for a cosine-scored run such as an OOD or combined student, else classifier)",
+        "embeddings (add classes later with `vlmkd classes add`). Default: the head `vlmkd eval` scores "
+        "(zero_shot for a cosine-scored run such as an OOD or combined student, else classifier)",
     )
     add_class_args(
         p, "zero_shot: class names (default: the run's); the run's class texts are used where it has them"

@@ -44,9 +44,8 @@ class DataConfig:
     # ood_lists format: folder holding relative train/val/test lists (default: data.root; absolute lists work too)
     list_root: str | None = None
     strip_components: int = 1  # ood_lists: leading list-path components dropped (the paper's split folder)
-    val_fraction: float = (
-        0.0  # carve a class-stratified validation split out of train when no val list exists
-    )
+    # carve a class-stratified validation split out of train when no val list exists
+    val_fraction: float = 0.0
     longtail: LongTailConfig = field(default_factory=LongTailConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     image_size: int = 28

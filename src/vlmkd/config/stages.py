@@ -25,14 +25,12 @@ class DescribeConfig:
     trust_remote_code: bool = False  # only when you trust the model repository's code
     base_url: str | list[str] | None = None  # openai: e.g. http://127.0.0.1:8000/v1, or a list of servers
     api_key_env: str | None = None  # name of the environment variable that holds the key (never the key)
-    concurrency: int = (
-        8  # openai: requests in flight per server (halved on a read timeout, regrown on success)
-    )
+    # openai: requests in flight per server (halved on a read timeout, regrown on success)
+    concurrency: int = 8
     max_retries: int = 5  # openai: retries on 429, 5xx and timeouts (exponential backoff with jitter)
     timeout_s: float = 60.0  # openai: read timeout; a timeout at a busy server lowers its concurrency first
-    connect_timeout_s: float = (
-        10.0  # openai: a server that does not accept a connection in time is backed off
-    )
+    # openai: a server that does not accept a connection in time is backed off
+    connect_timeout_s: float = 10.0
     max_failure_rate: float = 0.05  # describe exits non-zero (with the main reason) above this failure rate
     fail_fast_after: int = 8  # stop when the first this-many requests all fail the same way (0: never)
     max_side: int | None = 1024  # longest image side sent to the describer (downscaled before; None: as is)

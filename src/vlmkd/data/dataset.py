@@ -50,9 +50,8 @@ class ManifestDataset(Dataset):
         self.replace_bad = replace_bad
         self.decode_options = dict(getattr(transform, "decode_options", {}))
         self.extras = dict(extras or {})
-        self.seed: int | None = (
-            None  # set by the trainer: augmentation becomes a function of (seed, epoch, index)
-        )
+        # set by the trainer: augmentation becomes a function of (seed, epoch, index)
+        self.seed: int | None = None
         self.epoch = 0
         self._warned: set[int] = set()
         for name, arr in self.extras.items():

@@ -35,9 +35,8 @@ class Manifest:
     root: str = ""
     paths: Sequence[str] | None = None  # relative to root (file-backed formats)
     indices: np.ndarray | None = None  # row in the array source (array-backed formats)
-    source: dict[str, Any] = field(
-        default_factory=dict
-    )  # how to reopen an array source, e.g. {"format": ...}
+    # how to reopen an array source, e.g. {"format": ...}
+    source: dict[str, Any] = field(default_factory=dict)
     split: str = "train"
 
     def __setattr__(self, name: str, value: Any) -> None:

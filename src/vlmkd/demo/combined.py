@@ -38,9 +38,8 @@ VL_BALANCED = [
     "losses.vl.args={balanced: true}",
 ]
 TEXT_ON_FEATURES = ["losses.text.args={input: features}"]
-KD_LIGHT = [
-    "losses.kd.weight=1.0"
-]  # on val, 1 seed: 94.2 / 95.3 base overall / tail, against 91.6 / 91.5 at 4
+# on val, 1 seed: 94.2 / 95.3 base overall / tail, against 91.6 / 91.5 at 4
+KD_LIGHT = ["losses.kd.weight=1.0"]
 COMBINED_METHODS: dict[str, list[str]] = {
     f"longtail-only ({LONGTAIL_SPECIALIST})": LONGTAIL_METHODS[LONGTAIL_SPECIALIST],
     f"ood-only ({OOD_SPECIALIST})": OOD_METHODS[OOD_SPECIALIST],

@@ -35,9 +35,8 @@ class DemoSettings:
     val_per_class: int = 200  # balanced val split of unused images; the demo settings are chosen on it
     teacher_epochs: int = 8
     student_epochs: int = 10
-    ood_per_class: int = (
-        600  # base-class training images per class for OOD distillation (balanced, as the paper)
-    )
+    # base-class training images per class for OOD distillation (balanced, as the paper)
+    ood_per_class: int = 600
     ood_epochs: int = 8
     fewshot_steps: int = 100
     shots: int = 5

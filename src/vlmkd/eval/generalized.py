@@ -342,9 +342,7 @@ def mean_generalized(results: list[dict[str, Any] | None]) -> dict[str, Any] | N
     if len(rules) > 1:  # e.g. one seed fell back: say so rather than describe the first seed's rule
         cal["rule"] = "mixed: " + ", ".join(sorted(rules))
         cal["description"] += f"; not every seed could use it (rules: {cal['rule'][7:]})"
-    if (
-        cal.get("support") and len(rules) == 1
-    ):  # each seed's own support (the demo draws it with the seed of the run)
+    if cal.get("support") and len(rules) == 1:  # each seed's own support (drawn with the seed of its run)
         seeds = [r["calibration"]["support"]["seed"] for r in rows if r["calibration"].get("support")]
         cal["support"] = {**cal["support"], "seed": seeds}
         cal["description"] = rule_text(cal)

@@ -180,9 +180,10 @@ def export_model(
 
     head: "classifier" (the classifier head's logits) or "zero_shot" (the embedding head + class-text
     embeddings built with `text_encoder`, default: the encoder named by `encoder_name`, the run's
-    `embed.encoder`, or the bundled MiniLM). None picks the head `vlmkd eval` scores (the embedding head of a cosine-scored run, else the classifier). Zero-shot names
-    the run's class-text store knows keep its exact rows (enriched texts); gamma (calibrated stacking, subtracted
-    from the trained classes' cosine scores in predict) defaults to the run's recorded one, else 0.
+    `embed.encoder`, or the bundled MiniLM). None picks the head `vlmkd eval` scores (the embedding head of a
+    cosine-scored run, else the classifier). Zero-shot names the run's class-text store knows keep its exact rows
+    (enriched texts); gamma (calibrated stacking, subtracted from the trained classes' cosine scores in predict)
+    defaults to the run's recorded one, else 0.
     """
     from vlmkd.engine.checkpoint import export_student, load_student
 
