@@ -1,14 +1,15 @@
-"""Diagnostic: how far calibrated stacking can go on trained OOD students, and with centred embeddings.
+"""Diagnostic: how far calibrated stacking can go on trained OOD students, with cosine and standardized scores.
 
 For each run folder (an embedding student with novel classes, e.g. the demo's `runs/ood-*`), scores X_id and X_ood
-among all class names and prints, for plain cosine and for image embeddings centred on the mean (L2-normalised)
-embedding of the base training images:
-  raw         base / novel / harmonic mean at gamma = 0
-  calibrated  the same at the gamma `vlmkd eval` chooses (the run's eval.calibration rule: val + 5-shot support)
+among all class names and prints, for cosine scores and for standardized ones (each class's cosine Z-scored over
+the held-out base images, `vlmkd.eval.generalized.ScoreNorm`):
+  raw         base / novel / harmonic mean of the cosine scores at gamma = 0 (the same for both rows)
+  calibrated  the same at the gamma `vlmkd eval` chooses with that score form (the run's eval.calibration rule:
+              val + 5-shot support)
   bound5      the best harmonic mean over gammas keeping test base accuracy within 5 points of raw, gamma picked
               on the TEST labels: an upper bound for any single-gamma rule, never a way to choose gamma
 
-    python scripts/generalized_bounds.py /tmp/demo3d/runs/ood-vl_cls+im_cst+vlprox-s{0,1,2}
+    python scripts/generalized_bounds.py /tmp/demo/runs/ood-vl_cls+im_cst+vlprox-s{0,1,2}
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from vlmkd.engine.checkpoint import load_student
 from vlmkd.eval.fewshot import without_support
 from vlmkd.eval.generalized import (
     GAMMA_GRID,
+    GRIDS,
     CalibrationSpec,
+    ScoreNorm,
     accuracy_curve,
     choose_gamma_support,
     cosine,
@@ -61,20 +64,28 @@ def embeddings(run: Path, seed: int) -> tuple[dict, dict, np.ndarray, int]:
     return feats, labels, np.concatenate([texts["train"], texts["ood_test"]]), len(texts["train"])
 
 
-def scores(feats, labels, text, n_seen, max_base_drop: float = 0.05) -> dict[str, list[float]]:
+def scores(feats, labels, text, n_seen, form: str, max_base_drop: float = 0.05) -> dict[str, list[float]]:
+    norm = ScoreNorm.fit(feats["val"], text)
     cos = {k: cosine(feats[k], text) for k in ("id", "ood_test", "val", "support")}
-    base = accuracy_curve(cos["id"], labels["id"], n_seen)
-    novel = accuracy_curve(cos["ood_test"], labels["ood_test"] + n_seen, n_seen)
+    raw_val = accuracy_curve(cos["val"], labels["val"], n_seen, GAMMA_GRID[:1])[0]
+    raw_base = accuracy_curve(cos["id"], labels["id"], n_seen, GAMMA_GRID[:1])[0]
+    raw_novel = accuracy_curve(cos["ood_test"], labels["ood_test"] + n_seen, n_seen, GAMMA_GRID[:1])[0]
+    if form == "standardized":
+        cos = {k: norm.apply(v, text) for k, v in cos.items()}
+    grid = GRIDS[form]
+    base = accuracy_curve(cos["id"], labels["id"], n_seen, grid)
+    novel = accuracy_curve(cos["ood_test"], labels["ood_test"] + n_seen, n_seen, grid)
     h = np.where(base + novel > 0, 2 * base * novel / np.maximum(base + novel, 1e-12), 0.0)
     gamma, _ = choose_gamma_support(
-        cos["val"], labels["val"], cos["support"], labels["support"], n_seen, max_base_drop
+        cos["val"], labels["val"], cos["support"], labels["support"], n_seen, max_base_drop, grid, raw_val
     )
-    i = int(np.argmin(np.abs(GAMMA_GRID - gamma)))
-    j = int(np.argmax(np.where(base >= base[0] - max_base_drop, h, -1.0)))
-    return {
-        name: [round(100 * float(x[k]), 1) for x in (base, novel, h)]
-        for name, k in (("raw", 0), ("calibrated", i), ("bound5", j))
-    }
+    i = int(np.argmin(np.abs(grid - gamma)))
+    j = int(np.argmax(np.where(base >= raw_base - max_base_drop, h, -1.0)))
+    raw_h = 2 * raw_base * raw_novel / max(raw_base + raw_novel, 1e-12)
+    out = {"raw": [round(100 * float(x), 1) for x in (raw_base, raw_novel, raw_h)]}
+    for name, k in (("calibrated", i), ("bound5", j)):
+        out[name] = [round(100 * float(x[k]), 1) for x in (base, novel, h)]
+    return out
 
 
 def main() -> None:
@@ -86,13 +97,9 @@ def main() -> None:
     for run in args.runs:
         seed = int(run.name.rsplit("-s", 1)[1]) if "-s" in run.name else 0
         feats, labels, text, n_seen = embeddings(run, seed)
-        centred = dict(feats)
-        mean = feats["train"].mean(0)
-        for k in ("id", "ood_test", "val", "support"):
-            centred[k] = feats[k] - mean
-        for name, f in (("cosine", feats), ("centred", centred)):
-            res = scores(f, labels, text, n_seen)
-            print(json.dumps({"run": run.name, "scoring": name, "[base, novel, H]": res}), flush=True)
+        for form in ("cosine", "standardized"):
+            res = scores(feats, labels, text, n_seen, form)
+            print(json.dumps({"run": run.name, "scores": form, "[base, novel, H]": res}), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
     records = predict(model, ["photos/", "@list.txt"], top_k=3)
     model = load_model("runs/ood", classes=["sandal", "boot"])  # zero-shot among any class names
 
-Zero-shot models score cosine(image, class text) / temperature, minus gamma (calibrated stacking, from the run's
-generalized evaluation) for the classes the student was trained on. `classes` uses the same texts as training
+Zero-shot models score cosine(image, class text) / temperature, calibrated as the run's generalized evaluation
+chose (`vlmkd.eval.generalized`: cosine or standardized scores, gamma subtracted from the classes the student was
+trained on). `classes` uses the same texts as training
 (see `vlmkd.export.texts`): the run's class-text rows where it has the name, its templates otherwise.
 
 Images are preprocessed exactly as the student was evaluated (colour conversion, resize, center crop,
@@ -45,8 +46,9 @@ class Predictor:
     source: str = ""
     kind: str = "pytorch"
     seen: np.ndarray | None = None  # cosine: classes trained on, whose scores gamma lowers
-    gamma: float = 0.0
+    calibration: Any = None  # cosine: a SeenCalibration (score form and gamma), None = raw cosine
     _transform: Any = field(default=None, repr=False)
+    _stats: Any = field(default=None, init=False, repr=False)  # the calibration's per-class statistics
 
     def transform(self, image: Image.Image) -> np.ndarray:
         if self._transform is None:
@@ -60,8 +62,10 @@ class Predictor:
         e = out["embedding"]
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         cos = (e @ self.class_text.T).astype(np.float32)
-        if self.gamma and self.seen is not None:
-            cos[:, self.seen] -= np.float32(self.gamma)  # calibrated stacking (vlmkd.eval.generalized)
+        if self.calibration is not None:  # vlmkd.eval.generalized: the form and gamma `vlmkd eval` chose
+            if self._stats is None:
+                self._stats = self.calibration.stats(self.class_text)
+            cos = self.calibration.apply(cos, self.seen, self._stats)
         return cos / self.temperature
 
 
@@ -114,7 +118,10 @@ def load_model(path: str | Path, device: str = "cpu", classes: list[str] | None 
                 "(`vlmkd export RUN --head zero_shot`) or the run folder"
             )
         return model
+    from vlmkd.eval.generalized import SCORE_NORM_FILE, ScoreNorm, SeenCalibration
+
     names, rows, seen = _export_classes(info, class_text, classes)
+    norm = ScoreNorm.load(folder / SCORE_NORM_FILE) if info.get("scores") == "standardized" else None
     return replace(
         model,
         class_names=names,
@@ -122,7 +129,7 @@ def load_model(path: str | Path, device: str = "cpu", classes: list[str] | None 
         class_text=rows,
         temperature=float(info.get("temperature", rec.get("temperature", 0.07))),
         seen=seen,
-        gamma=float(info.get("gamma") or 0.0),
+        calibration=SeenCalibration(float(info.get("gamma") or 0.0), norm),
     )
 
 
@@ -159,7 +166,8 @@ def _from_run(path: Path, device: str, classes: list[str] | None = None) -> Pred
             source=str(path),
         )
     if student.proj is not None and (classes or ev.get("mode") == "cosine"):
-        from vlmkd.export.texts import resolve_classes, run_gamma, run_library, seen_mask
+        from vlmkd.eval.generalized import SeenCalibration
+        from vlmkd.export.texts import resolve_classes, run_library, seen_mask
 
         run_dir = path if path.is_dir() else path.parent
         lib = run_library(run_dir, meta)
@@ -174,7 +182,7 @@ def _from_run(path: Path, device: str, classes: list[str] | None = None) -> Pred
             float(ev.get("temperature", 0.07)),
             str(path),
             seen=seen_mask(names, lib.seen),
-            gamma=run_gamma(run_dir),
+            calibration=SeenCalibration.of_run(run_dir),
         )
     if classes:
         raise ConfigError(

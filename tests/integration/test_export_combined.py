@@ -7,7 +7,9 @@ classes of a generated folder, then exported both ways and used through `vlmkd p
   its model card says that the run's metrics are the embedding head's (the head `vlmkd eval` scores);
 - the default export (the head `vlmkd eval` scores: zero_shot) over base + novel names gives the run's embedding head scored against the run's own class
   texts (with `vlmkd eval`'s calibrated-stacking gamma on the base classes), and so does `predict RUN --classes`;
-  its accuracy among all names is `vlmkd eval`'s calibrated generalized score.
+  its accuracy among all names is `vlmkd eval`'s calibrated generalized score;
+- with standardized calibration scores the export carries the held-out base images' statistics and predicts
+  exactly what `vlmkd eval` scored.
 
 The reference is computed from the run's student through the evaluation pipeline (its manifests and transforms)
 and the class-text rows training used, not through any export or predict code.
@@ -151,8 +153,12 @@ def test_classifier_export_gives_the_run_students_logits(combined, ref, tmp_path
 
 def test_zero_shot_export_and_predict_score_the_embedding_head_on_the_runs_texts(combined, ref, tmp_path):
     names = [*ref["base"], *ref["novel"]]
-    # `vlmkd eval` records the calibrated-stacking gamma that the zero-shot export then carries
-    assert main(["eval", str(combined), "--out", str(tmp_path / "eval.json")]) == 0
+    # `vlmkd eval` records the calibrated-stacking gamma that the zero-shot export then carries (cosine scores
+    # here; standardized ones: the next test)
+    assert (
+        main(["eval", str(combined), "--out", str(tmp_path / "eval.json"), "eval.calibration_scores=cosine"])
+        == 0
+    )
     gen = json.loads((tmp_path / "eval.json").read_text())["generalized"]
     temperature = ref["meta"]["eval"]["temperature"]
     assert ref["meta"]["eval"]["mode"] == "cosine" and temperature == 0.07  # vl_cls's, not KD's 2.0
@@ -192,3 +198,61 @@ def test_zero_shot_export_and_predict_score_the_embedding_head_on_the_runs_texts
     for split, part, classes in (("id", "base", ref["base"]), ("ood_test", "novel", ref["novel"])):
         mine = [r for r, s in zip(recs, ref["split"]) if s == split]
         assert _accuracy(mine, classes)[1] == pytest.approx(gen["calibrated"][part], abs=1e-9), part
+
+
+def test_standardized_scores_travel_with_the_export(combined, ref, tmp_path):
+    """`eval.calibration_scores=standardized`: the export and `predict RUN` standardise every class's cosine with
+    the held-out base images' statistics that `vlmkd eval` fitted, then subtract gamma from the trained classes."""
+    from vlmkd.config import load_config
+    from vlmkd.data import build_manifests
+    from vlmkd.engine.checkpoint import load_student
+    from vlmkd.eval.generalized import SCORE_NORM_FILE, ScoreNorm
+    from vlmkd.eval.predict import student_outputs
+
+    names = [*ref["base"], *ref["novel"]]
+    args = [
+        "eval",
+        str(combined),
+        "--out",
+        str(tmp_path / "eval.json"),
+        "eval.calibration_scores=standardized",
+    ]
+    assert main(args) == 0
+    gen = json.loads((tmp_path / "eval.json").read_text())["generalized"]
+    assert gen["scores"] == "standardized" and (combined / SCORE_NORM_FILE).is_file()
+    # the statistics: each class's cosine over the held-out base images gamma was chosen on (eval pipeline)
+    cfg = load_config(combined / "config.yaml")
+    calib = build_manifests(cfg.data)[gen["calibration"]["split"]]
+    e = student_outputs(load_student(combined)[0], calib, cfg.data)["embedding"]
+    cos_calib = (e / np.linalg.norm(e, axis=1, keepdims=True)) @ ref["rows"].T
+    mu, sd = cos_calib.mean(0), cos_calib.std(0)
+
+    exp = tmp_path / "zs"
+    assert main(["export", str(combined), "--out", str(exp), "--no-latency", "--classes", *names]) == 0
+    info = json.loads((exp / "classes.json").read_text())
+    assert info["scores"] == "standardized" and info["gamma"] == pytest.approx(gen["gamma"])
+    assert info["scale"] == pytest.approx(sd.mean(), rel=1e-4)
+    norm = ScoreNorm.load(exp / SCORE_NORM_FILE)
+    np.testing.assert_allclose(norm.stats(ref["rows"])[0], mu, atol=1e-5)
+    np.testing.assert_allclose(norm.stats(ref["rows"])[1], sd, atol=1e-5)
+    assert "Standardized scores" in (exp / "MODEL_CARD.md").read_text()
+
+    emb = ref["embedding"] / np.linalg.norm(ref["embedding"], axis=1, keepdims=True)
+    z = (emb @ ref["rows"].T - mu) / sd * info["scale"]
+    z[:, : len(ref["base"])] -= gen["gamma"]
+    expected = _softmax(z.astype(np.float64) / info["temperature"])
+    labels, probs = _predict(tmp_path, exp, ref["paths"], len(names))
+    assert labels == [names[j] for j in expected.argmax(1)]
+    np.testing.assert_allclose(probs, expected, atol=1e-3)
+    run_labels, run_probs = _predict(tmp_path, combined, ref["paths"], len(names), "--classes", *names)
+    assert run_labels == labels
+    np.testing.assert_allclose(run_probs, probs, atol=1e-5)
+    recs = [{"path": p, "label": lab} for p, lab in zip(ref["paths"], labels)]
+    for split, part, classes in (("id", "base", ref["base"]), ("ood_test", "novel", ref["novel"])):
+        mine = [r for r, s in zip(recs, ref["split"]) if s == split]
+        assert _accuracy(mine, classes)[1] == pytest.approx(gen["calibrated"][part], abs=1e-9), part
+    # a later cosine calibration replaces it: the standardized statistics no longer apply
+    assert main(["eval", str(combined), "eval.calibration_scores=cosine"]) == 0
+    assert main(["export", str(combined), "--out", str(exp), "--no-latency", "--classes", *names]) == 0
+    assert json.loads((exp / "classes.json").read_text())["scores"] == "cosine"
+    assert not (exp / SCORE_NORM_FILE).exists()

@@ -230,6 +230,7 @@ def test_squash_resize_keeps_the_whole_image():
 
 
 def test_predictor_applies_gamma_to_seen_classes_only():
+    from vlmkd.eval.generalized import SeenCalibration
     from vlmkd.predict import Predictor
 
     text = np.eye(3, dtype=np.float32)
@@ -237,8 +238,9 @@ def test_predictor_applies_gamma_to_seen_classes_only():
     emb = np.array([[0.8, 0.1, 0.7], [0.1, 0.2, 0.9]], np.float32)
     raw = Predictor(runtime, {}, ["a", "b", "new"], "cosine", text, 0.1)
     assert raw.logits(emb).argmax(1).tolist() == [0, 2]
+    seen = np.array([1, 1, 0], bool)
     cal = Predictor(
-        runtime, {}, ["a", "b", "new"], "cosine", text, 0.1, seen=np.array([1, 1, 0], bool), gamma=0.2
+        runtime, {}, ["a", "b", "new"], "cosine", text, 0.1, seen=seen, calibration=SeenCalibration(0.2)
     )
     assert cal.logits(emb).argmax(1).tolist() == [2, 2]
     np.testing.assert_allclose(cal.logits(emb)[:, 2], raw.logits(emb)[:, 2])

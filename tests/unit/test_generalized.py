@@ -6,20 +6,24 @@ import numpy as np
 import pytest
 
 from vlmkd.data.manifest import Manifest
-from vlmkd.errors import ConfigError
+from vlmkd.errors import ArtifactError, ConfigError
 from vlmkd.eval.fewshot import draw_support
 from vlmkd.eval.generalized import (
     GAMMA_GRID,
     CalibrationSpec,
+    ScoreNorm,
+    SeenCalibration,
     accuracy_curve,
     calibrated_predictions,
     choose_gamma,
     choose_gamma_support,
+    cosine,
     generalized_table_lines,
     generalized_zero_shot,
     harmonic,
     mean_generalized,
     mean_per_class,
+    save_calibration,
     support_manifest,
 )
 
@@ -153,3 +157,123 @@ def test_seed_mean_of_the_support_rule_names_every_seed_and_the_support():
     assert m["calibration"]["support"]["seed"] == [0, 1]
     text = "\n".join(generalized_table_lines({"vl_cls": {"generalized": m}}))
     assert "seed 0, 1" in text and "use the labels of those support images for one scalar" in text
+
+
+def test_score_norm_stats_are_each_class_columns_mean_and_std(tmp_path):
+    rng = np.random.default_rng(0)
+    images, text = rng.normal(size=(200, 8)), rng.normal(size=(5, 8))
+    cos = cosine(images, text)
+    norm = ScoreNorm.fit(images, text)
+    mu, sd = norm.stats(text)
+    np.testing.assert_allclose(mu, cos.mean(0), atol=1e-6)
+    np.testing.assert_allclose(sd, cos.std(0), atol=1e-6)
+    assert norm.scale == pytest.approx(cos.std(0).mean(), rel=1e-5)
+    z = norm.apply(cos, text)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.std(0), norm.scale, rtol=1e-4)
+    # a class named later (not in `text`) is standardised the same way, from image-space statistics alone
+    extra = rng.normal(size=(1, 8))
+    np.testing.assert_allclose(norm.stats(extra)[1], cosine(images, extra).std(0), atol=1e-6)
+    norm.save(tmp_path / "n.safetensors")
+    back = ScoreNorm.load(tmp_path / "n.safetensors")
+    assert back.scale == norm.scale
+    np.testing.assert_allclose(back.apply(cos, text), z, atol=1e-5)
+    with pytest.raises(ArtifactError, match="missing: its calibration uses standardized scores"):
+        ScoreNorm.load(tmp_path / "none.safetensors")
+
+
+def _biased_problem(seed: int = 0):
+    """2 seen classes, 1 novel. The novel name scores low on everything: a novel image beats the novel column's
+    usual level by far, but stays below the seen classes by a margin as wide as the base images' own margins, so
+    no constant on cosine separates them, while the novel column's Z-score does."""
+    rng = np.random.default_rng(seed)
+
+    def images(n, label):
+        cos = rng.normal([0.3, 0.3, 0.05], [0.05, 0.05, 0.01], size=(n, 3))
+        if label < 2:
+            cos[:, label] += 0.3
+        else:
+            cos[:, 2] += 0.06  # 6 novel-column deviations above its level, still under the seen columns
+            cos[:, :2] += rng.uniform(0.0, 0.25, size=(n, 1))
+        return cos.astype(np.float32)
+
+    y = np.repeat([0, 1], 40)
+    base = np.concatenate([images(40, 0), images(40, 1)])
+    calib = np.concatenate([images(40, 0), images(40, 1)])
+    return base, y, images(30, 2), np.zeros(30, int), calib, y, images(6, 2), np.zeros(6, int)
+
+
+def test_auto_keeps_the_score_form_with_the_higher_held_out_objective():
+    base, by, novel, ny, calib, cy, sup, sy = _biased_problem()
+    mu, sd = calib.mean(0), calib.std(0)
+
+    def standardize(c):
+        return ((c - mu) / sd * sd.mean()).astype(np.float32)
+
+    res = generalized_zero_shot(
+        base, by, novel, ny, 2, calib, cy, CalibrationSpec(), "val", sup, sy, None, standardize
+    )
+    cal = res["calibration"]
+    assert res["scores"] == cal["scores"] == "standardized"
+    assert set(cal["forms_compared"]) == {"cosine", "standardized"}
+    assert cal["forms_compared"]["standardized"] > cal["forms_compared"]["cosine"]
+    assert "standardized per class" in cal["description"] and "standardized kept" in cal["description"]
+    # the calibrated numbers are those of the standardized scores at the chosen gamma; raw stays cosine
+    again = generalized_zero_shot(base, by, novel, ny, 2, calib, cy, CalibrationSpec(), "val", sup, sy)
+    assert (res["base"], res["novel"]) == (again["base"], again["novel"]) and again["scores"] == "cosine"
+    pred = calibrated_predictions(standardize(novel), 2, res["gamma"])
+    assert res["calibrated"]["novel"] == mean_per_class(pred, ny + 2)
+    assert res["calibrated"]["harmonic"] > again["calibrated"]["harmonic"]
+    # pinned forms are kept whatever the objective; base_tolerance cannot compare forms: auto means cosine
+    pinned = CalibrationSpec(scores="cosine")
+    assert (
+        generalized_zero_shot(base, by, novel, ny, 2, calib, cy, pinned, "val", sup, sy, None, standardize)[
+            "scores"
+        ]
+        == "cosine"
+    )
+    tol = CalibrationSpec("base_tolerance")
+    assert (
+        generalized_zero_shot(base, by, novel, ny, 2, calib, cy, tol, "val", None, None, None, standardize)[
+            "scores"
+        ]
+        == "cosine"
+    )
+    with pytest.raises(ConfigError, match="calibration_scores=standardized needs image embeddings"):
+        generalized_zero_shot(base, by, novel, ny, 2, calib, cy, CalibrationSpec(scores="standardized"))
+
+
+def test_seen_calibration_applies_the_form_then_gamma_and_reads_run_folders(tmp_path):
+    rng = np.random.default_rng(1)
+    images, text = rng.normal(size=(50, 6)), rng.normal(size=(4, 6))
+    cos, seen = cosine(images, text), np.array([1, 1, 0, 0], bool)
+    norm = ScoreNorm.fit(images, text)
+    cal = SeenCalibration(0.1, norm)
+    mu, sd = norm.stats(text)
+    want = (cos - mu) / sd * norm.scale
+    want[:, :2] -= 0.1
+    np.testing.assert_allclose(cal.apply(cos, seen, cal.stats(text)), want, atol=1e-5)
+    np.testing.assert_allclose(SeenCalibration(0.1).apply(cos, seen), cos - 0.1 * seen, atol=1e-7)
+    # a run folder: what save_calibration wrote (the ScoreNorm leaves the result); nothing written = uncalibrated
+    assert SeenCalibration.of_run(tmp_path) == SeenCalibration()
+    gen = {"gamma": 0.1, "scores": "standardized", "calibration": {"rule": "support"}, "score_norm": norm}
+    save_calibration(tmp_path, gen)
+    assert "score_norm" not in gen
+    back = SeenCalibration.of_run(tmp_path)
+    assert back.form == "standardized" and back.gamma == 0.1
+    np.testing.assert_allclose(back.apply(cos, seen, back.stats(text)), want, atol=1e-5)
+
+
+def test_spec_rejects_an_unknown_score_form():
+    ev = SimpleNamespace(
+        calibration="support",
+        calibration_tolerance=0.03,
+        calibration_shots=5,
+        calibration_seed=0,
+        calibration_max_base_drop=0.05,
+        calibration_scores="zscore",
+    )
+    with pytest.raises(
+        ConfigError, match="eval.calibration_scores must be one of auto, cosine, standardized"
+    ):
+        CalibrationSpec.from_config(ev)

@@ -78,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_run(student, manifests, cfg, spec)
     if cfg.eval.generalized and "generalized" not in summary:
         _why_not_generalized(spec, manifests)
-    if summary.get("generalized"):  # `vlmkd export --head zero_shot` stores this gamma with the export
-        gen = summary["generalized"]
-        write_json(run_dir / "calibration.json", {"gamma": gen["gamma"], "calibration": gen["calibration"]})
+    if summary.get("generalized"):  # `vlmkd export --head zero_shot` and `predict RUN` apply this calibration
+        from vlmkd.eval.generalized import save_calibration
+
+        save_calibration(run_dir, summary["generalized"])
     if args.few_shot:
         from vlmkd.eval.fewshot import few_shot_eval
         from vlmkd.utils.device import resolve_device
@@ -198,6 +199,7 @@ def _eval_teacher(cfg, out: str | None) -> int:
             summary["splits"][split] = {k: v for k, v in metrics.items() if k != "confusion"}
     if cfg.eval.generalized:
         summary["generalized"] = _teacher_generalized(manifests, feats, texts, spec, why)
+        summary["generalized"].pop("score_norm", None)  # the teacher is never exported
     if not summary["splits"]:
         raise ConfigError(
             "no split has class texts for all its classes; rerun `vlmkd classtext` over all classes"

@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--gamma",
         type=float,
-        help="zero_shot: calibrated-stacking penalty on the trained classes' cosine scores (default: the one "
-        "`vlmkd eval RUN eval.generalized=true` recorded, else 0)",
+        help="zero_shot: calibrated-stacking penalty on the trained classes' scores (default: the one "
+        "`vlmkd eval RUN eval.generalized=true` recorded, with its score form, else 0)",
     )
     p.add_argument(
         "--template",

@@ -335,6 +335,10 @@ class Trainer:
             summary["artifacts"] = finish_run(self.run_dir, self.cfg.text)
             from vlmkd.eval.report import write_report, write_summary
 
+            if summary.get("generalized"):  # calibration.json (+ score_norm.safetensors): export and predict
+                from vlmkd.eval.generalized import save_calibration
+
+                save_calibration(self.run_dir, summary["generalized"])
             write_summary(self.run_dir, summary)  # confusion matrices go to confusion.npz, never in here
 
             write_report(self.run_dir, summary)

@@ -16,6 +16,18 @@ from the cosine similarity of every seen (base) class before the argmax. Gamma i
   images' accuracy among all names stays within `eval.calibration_tolerance` of gamma = 0, for every smaller gamma
   too. In words: remove as much seen-class bias as the base classes can afford. Conservative by design.
 
+Scores (`eval.calibration_scores`). One constant cannot undo a bias that differs by class: a trained class's cosine
+is high on every image that resembles it, a novel name's is low on everything. "standardized" scores first put
+every class on one scale, with no label at all: each class's cosine minus its mean over the held-out base images,
+divided by its standard deviation there (Z-normalisation), times one scalar `scale` (the mean of those deviations)
+so that scores, gamma and the softmax temperature stay in cosine units. The statistics live in image space (the
+mean unit embedding m and covariance S of the held-out base images: class text w has mean w.m and variance w'Sw),
+so a class named after training, at export or in `predict --classes`, is standardised exactly like the rest.
+Gamma then runs over a signed grid (-1 to 1): standardising can overcorrect, and a negative gamma gives the trained
+classes back some of their score. "auto" (the default) calibrates both forms with the support rule and keeps the
+one with the higher held-out objective (ties: cosine); with base_tolerance, which has no novel-class label to
+compare them with, auto means cosine. Base accuracy is always capped against the raw cosine scores at gamma = 0.
+
     spec = CalibrationSpec.from_config(cfg.eval, shots=5, seed=0)
     res = student_generalized(student, manifests, class_text, cfg.data, "cpu", spec)
     res["base"], res["novel"], res["harmonic"], res["gamma"], res["calibrated"]["harmonic"], res["calibration"]
@@ -24,15 +36,22 @@ from the cosine similarity of every seen (base) class before the argmax. Gamma i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vlmkd.errors import ConfigError
+from vlmkd.errors import ArtifactError, ConfigError
 
 GAMMA_GRID = np.round(np.arange(0.0, 2.0 + 1e-9, 0.001), 4)  # cosine gaps span [0, 2]
-GRID_TEXT = "grid 0-2, step 0.001"
+# standardized scores (in cosine units via `scale`) may need a negative gamma: they can overcorrect the bias
+SIGNED_GRID = np.round(np.arange(-1.0, 1.0 + 1e-9, 0.001), 4)
+GRIDS = {"cosine": GAMMA_GRID, "standardized": SIGNED_GRID}
+GRID_TEXTS = {"cosine": "grid 0-2, step 0.001", "standardized": "grid -1 to 1, step 0.001"}
+GRID_TEXT = GRID_TEXTS["cosine"]
 RULES = ("support", "base_tolerance")
+SCORE_FORMS = ("auto", "cosine", "standardized")
+SCORE_NORM_FILE = "score_norm.safetensors"
 MAX_CALIBRATION_IMAGES = 4000  # enough for a stable accuracy; keeps the train-split fallback cheap
 
 
@@ -45,6 +64,7 @@ class CalibrationSpec:
     shots: int = 5  # support only: K images per novel class, drawn like the K-shot evaluation (same seed)
     seed: int = 0
     max_base_drop: float | None = 0.05  # support only: held-out base accuracy kept within this of gamma = 0
+    scores: str = "auto"  # cosine | standardized | auto (see the module docstring)
 
     @classmethod
     def from_config(cls, eval_cfg: Any, **override: Any) -> CalibrationSpec:
@@ -54,10 +74,15 @@ class CalibrationSpec:
             eval_cfg.calibration_shots,
             eval_cfg.calibration_seed,
             eval_cfg.calibration_max_base_drop,
+            getattr(eval_cfg, "calibration_scores", "auto"),
         )
         spec = cls(**{**spec.__dict__, **{k: v for k, v in override.items() if v is not None}})
         if spec.rule not in RULES:
             raise ConfigError(f"eval.calibration must be one of {', '.join(RULES)}; got {spec.rule!r}")
+        if spec.scores not in SCORE_FORMS:
+            raise ConfigError(
+                f"eval.calibration_scores must be one of {', '.join(SCORE_FORMS)}; got {spec.scores!r}"
+            )
         if spec.shots < 1:
             raise ConfigError(f"eval.calibration_shots must be >= 1; got {spec.shots}")
         return spec
@@ -72,23 +97,43 @@ SUPPORT_NOTE = (
 def rule_text(cal: dict[str, Any]) -> str:
     """The rule that chose gamma, in words, from a result's "calibration" record."""
     base = f"{cal['images']} held-out base images (the {cal['split']} split)"
+    form = cal.get("scores", "cosine")
+    grid = GRID_TEXTS.get(
+        form, "cosine scores: " + GRID_TEXTS["cosine"] + "; standardized: " + GRID_TEXTS["standardized"]
+    )
     if cal["rule"] == "support":
         s = cal["support"]
         seed = s["seed"] if isinstance(s["seed"], int) else ", ".join(map(str, s["seed"]))
-        return (
+        text = (
             f"gamma maximises the harmonic mean of base accuracy on {base} and novel accuracy on the "
             f"{s['shots']}-shot support ({s['images']} novel-class training images, the ones the {s['shots']}-shot "
-            f"adaptation uses, seed {seed}), among all names ({GRID_TEXT})"
+            f"adaptation uses, seed {seed}), among all names ({grid})"
             + (
-                f", keeping base accuracy within {100 * cal['max_base_drop']:.0f} points of gamma=0"
+                f", keeping base accuracy within {100 * cal['max_base_drop']:.0f} points of the raw cosine scores"
                 if cal.get("max_base_drop") is not None
                 else ""
             )
-            + "; no test image is used"
         )
-    return (
-        f"largest gamma whose accuracy on {base} among all names stays within {100 * cal['tolerance']:.0f} points "
-        f"of gamma=0 ({GRID_TEXT}); no novel-class label is used"
+    else:
+        text = (
+            f"largest gamma whose accuracy on {base} among all names stays within {100 * cal['tolerance']:.0f} "
+            f"points of the raw cosine scores ({grid})"
+        )
+    if form == "per seed":
+        text += "; each seed kept the score form (cosine or standardized) with the higher held-out objective"
+    elif form == "standardized":
+        text += (
+            "; scores standardized per class (cosine minus its mean over the held-out base images, over its "
+            "standard deviation there)"
+        )
+    if cal.get("forms_compared"):
+        text += (
+            " ("
+            + ", ".join(f"{k}: objective H {100 * v:.1f}" for k, v in cal["forms_compared"].items())
+            + f"; {form} kept)"
+        )
+    return text + (
+        "; no test image is used" if cal["rule"] == "support" else "; no novel-class label is used"
     )
 
 
@@ -96,6 +141,115 @@ def cosine(embedding: np.ndarray, class_text: np.ndarray) -> np.ndarray:
     e = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
     w = class_text / np.maximum(np.linalg.norm(class_text, axis=1, keepdims=True), 1e-12)
     return (e @ w.T).astype(np.float32)
+
+
+@dataclass
+class ScoreNorm:
+    """Standardized scores (module docstring): the held-out base images' mean unit embedding and covariance.
+
+    A class text w (unit) scores (cos - w.mean) / sqrt(w' cov w) * scale: its cosine's Z-score over those
+    images, for any class name, in cosine units. D + D x D floats (2.4 MB at 768-d), whatever the class count."""
+
+    mean: np.ndarray
+    cov: np.ndarray
+    scale: float = 1.0
+
+    @classmethod
+    def fit(cls, embedding: np.ndarray, class_text: np.ndarray) -> ScoreNorm:
+        """From held-out base image embeddings; `scale` = the mean deviation of `class_text` (the run's classes)."""
+        e = np.asarray(embedding, np.float64)
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        mean = e.mean(0)
+        centred = e - mean
+        norm = cls(mean, centred.T @ centred / max(len(e), 1))
+        _, sd = norm.stats(class_text)
+        norm.scale = float(sd.mean())
+        return norm
+
+    def stats(self, class_text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, standard deviation) of each class's cosine over the images the norm was fitted on."""
+        w = np.asarray(class_text, np.float64)
+        w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+        var = np.einsum("cd,de,ce->c", w, self.cov, w)
+        return w @ self.mean, np.sqrt(np.maximum(var, 1e-12))
+
+    def apply(self, cos: np.ndarray, class_text: np.ndarray) -> np.ndarray:
+        mu, sd = self.stats(class_text)
+        return ((np.asarray(cos, np.float64) - mu) / sd * self.scale).astype(np.float32)
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.numpy import save_file
+
+        from vlmkd.utils.io import atomic_path
+
+        with atomic_path(Path(path)) as tmp:
+            save_file(
+                {"mean": self.mean.astype(np.float32), "cov": self.cov.astype(np.float32)},
+                str(tmp),
+                metadata={"scale": repr(float(self.scale))},
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> ScoreNorm:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(
+                f"{str(path)!r} is missing: its calibration uses standardized scores; rerun "
+                "`vlmkd eval RUN eval.generalized=true` (or export again)"
+            )
+        with safe_open(str(path), "numpy") as f:
+            meta = f.metadata() or {}
+            return cls(f.get_tensor("mean"), f.get_tensor("cov"), float(meta.get("scale", 1.0)))
+
+
+@dataclass
+class SeenCalibration:
+    """What predict applies to zero-shot cosine scores: the score form (a ScoreNorm for standardized scores, None
+    for cosine) and gamma, subtracted from the classes the student was trained on ("seen")."""
+
+    gamma: float = 0.0
+    norm: ScoreNorm | None = None
+
+    @property
+    def form(self) -> str:
+        return "cosine" if self.norm is None else "standardized"
+
+    def stats(self, class_text: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if self.norm is None else self.norm.stats(class_text)
+
+    def apply(self, cos: np.ndarray, seen: np.ndarray | None, stats=None) -> np.ndarray:
+        """Calibrated scores; `stats` = `self.stats(class_text)` of the columns (computed once by the caller)."""
+        out = np.array(cos, dtype=np.float32, copy=True)
+        if self.norm is not None:
+            mu, sd = stats
+            out = ((out - mu) / sd * self.norm.scale).astype(np.float32)
+        if self.gamma and seen is not None:
+            out[:, seen] -= np.float32(self.gamma)
+        return out
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> SeenCalibration:
+        """The calibration recorded for a run folder (or an export folder: same files): by `vlmkd eval` or by
+        training with eval.generalized=true (calibration.json, score_norm.safetensors), else that of an older
+        run's summary.json (cosine); none (gamma 0, cosine) when it was never calibrated."""
+        from vlmkd.utils.io import read_json
+
+        run_dir = Path(run_dir)
+        if (run_dir / "calibration.json").is_file():
+            rec = read_json(run_dir / "calibration.json")
+            norm = ScoreNorm.load(run_dir / SCORE_NORM_FILE) if rec.get("scores") == "standardized" else None
+            return cls(float(rec.get("gamma") or 0.0), norm)
+        if (run_dir / "summary.json").is_file():
+            gen = read_json(run_dir / "summary.json").get("generalized")
+            if (
+                isinstance(gen, dict)
+                and gen.get("gamma") is not None
+                and gen.get("scores", "cosine") == "cosine"
+            ):
+                return cls(float(gen["gamma"]))
+        return cls()
 
 
 def calibrated_predictions(cos: np.ndarray, n_seen: int, gamma: float) -> np.ndarray:
@@ -118,8 +272,10 @@ def harmonic(a: float | None, b: float | None) -> float | None:
     return 0.0 if a + b == 0 else float(2 * a * b / (a + b))
 
 
-def accuracy_curve(cos: np.ndarray, labels: np.ndarray, n_seen: int) -> np.ndarray:
-    """Mean per-class accuracy among all names at every gamma of GAMMA_GRID, as `calibrated_predictions` would
+def accuracy_curve(
+    cos: np.ndarray, labels: np.ndarray, n_seen: int, grid: np.ndarray = GAMMA_GRID
+) -> np.ndarray:
+    """Mean per-class accuracy among all names at every gamma of `grid`, as `calibrated_predictions` would
     score it: the argmax is the best seen class while (its score - gamma) >= the best unseen score (seen columns
     come first, so ties go to them), else the best unseen class. One comparison per gamma instead of an argmax."""
     cos = np.asarray(cos, np.float32)
@@ -127,21 +283,29 @@ def accuracy_curve(cos: np.ndarray, labels: np.ndarray, n_seen: int) -> np.ndarr
     seen, unseen = cos[:, :n_seen], cos[:, n_seen:]
     seen_ok = seen.argmax(1) == labels
     unseen_ok = n_seen + unseen.argmax(1) == labels
-    picks_seen = seen.max(1)[None, :] - GAMMA_GRID.astype(np.float32)[:, None] >= unseen.max(1)[None, :]
+    picks_seen = seen.max(1)[None, :] - np.asarray(grid, np.float32)[:, None] >= unseen.max(1)[None, :]
     hit = np.where(picks_seen, seen_ok[None, :], unseen_ok[None, :])
     return np.mean([hit[:, labels == c].mean(1) for c in np.unique(labels)], axis=0)
 
 
 def choose_gamma(
-    calib_cos: np.ndarray, calib_labels: np.ndarray, n_seen: int, tolerance: float = 0.03
+    calib_cos: np.ndarray,
+    calib_labels: np.ndarray,
+    n_seen: int,
+    tolerance: float = 0.03,
+    grid: np.ndarray = GAMMA_GRID,
+    reference: float | None = None,
 ) -> float:
     """The base_tolerance rule (calib_labels are base-class ids < n_seen): the largest gamma before the first
-    one whose accuracy falls more than `tolerance` below gamma = 0's."""
+    one whose accuracy falls more than `tolerance` below `reference` (default: the first grid point's)."""
     if not len(calib_labels):
         return 0.0
-    acc = accuracy_curve(calib_cos, calib_labels, n_seen)
-    below = np.flatnonzero(acc < acc[0] - tolerance)
-    return float(GAMMA_GRID[below[0] - 1] if len(below) else GAMMA_GRID[-1])
+    acc = accuracy_curve(calib_cos, calib_labels, n_seen, grid)
+    ref = acc[0] if reference is None else reference
+    below = np.flatnonzero(acc < ref - tolerance - 1e-12)
+    if len(below) and below[0] == 0:  # even the first gamma costs too much: no calibration
+        return 0.0 if grid[0] <= 0 <= grid[-1] else float(grid[0])
+    return float(grid[below[0] - 1] if len(below) else grid[-1])
 
 
 def choose_gamma_support(
@@ -151,25 +315,37 @@ def choose_gamma_support(
     support_labels: np.ndarray,
     n_seen: int,
     max_base_drop: float | None = None,
+    grid: np.ndarray = GAMMA_GRID,
+    reference: float | None = None,
 ) -> tuple[float, dict[str, float]]:
     """The support rule: gamma maximising H(base accuracy of the held-out base images, novel accuracy of the
-    support images; support_labels are novel ids 0..N-1), both among all names. Of several maximisers the
-    median one: a plateau's middle rather than its edge, where one support image decided. Also returns the
-    objective's parts at that gamma."""
-    base = accuracy_curve(calib_cos, calib_labels, n_seen)
-    novel = accuracy_curve(support_cos, np.asarray(support_labels) + n_seen, n_seen)
+    support images; support_labels are novel ids 0..N-1), both among all names, base accuracy kept within
+    `max_base_drop` of `reference` (default: the first grid point's). Of several maximisers the median one: a
+    plateau's middle rather than its edge, where one support image decided. Also returns the objective's parts
+    at that gamma; its harmonic is -1 when no gamma keeps base accuracy within the cap."""
+    base = accuracy_curve(calib_cos, calib_labels, n_seen, grid)
+    novel = accuracy_curve(support_cos, np.asarray(support_labels) + n_seen, n_seen, grid)
     h = np.where(base + novel > 0, 2 * base * novel / np.maximum(base + novel, 1e-12), 0.0)
-    if max_base_drop is not None:  # gamma = 0 always qualifies, so the maximum below exists
-        h = np.where(base >= base[0] - max_base_drop - 1e-12, h, -1.0)
+    if max_base_drop is not None:
+        ref = base[0] if reference is None else reference
+        h = np.where(base >= ref - max_base_drop - 1e-12, h, -1.0)
     best = np.flatnonzero(h >= h.max() - 1e-12)
     i = best[len(best) // 2]
-    return float(GAMMA_GRID[i]), {"base": float(base[i]), "novel": float(novel[i]), "harmonic": float(h[i])}
+    return float(grid[i]), {"base": float(base[i]), "novel": float(novel[i]), "harmonic": float(h[i])}
 
 
 def _scores(base_cos, base_labels, novel_cos, novel_labels, n_seen: int, gamma: float) -> dict[str, Any]:
     base = mean_per_class(calibrated_predictions(base_cos, n_seen, gamma), base_labels)
     novel = mean_per_class(calibrated_predictions(novel_cos, n_seen, gamma), novel_labels + n_seen)
     return {"base": base, "novel": novel, "harmonic": harmonic(base, novel)}
+
+
+def _calibrate(form, calib, support, n_seen: int, spec: CalibrationSpec, reference: float):
+    """(gamma, objective or None) of one score form; `calib` / `support`: (scores, labels) or None."""
+    grid = GRIDS[form]
+    if support is not None:
+        return choose_gamma_support(*calib, *support, n_seen, spec.max_base_drop, grid, reference)
+    return choose_gamma(*calib, n_seen, spec.tolerance, grid, reference), None
 
 
 def generalized_zero_shot(
@@ -185,34 +361,66 @@ def generalized_zero_shot(
     support_cos: np.ndarray | None = None,
     support_labels: np.ndarray | None = None,
     fallback: str | None = None,
+    standardize: Any = None,
 ) -> dict[str, Any]:
     """Mean per-class accuracy of base images (labels 0..n_seen-1) and novel images (labels 0..N-1, columns
     n_seen.. of the cosine matrices) among all n_seen + N classes, raw and with the gamma `spec` chooses (the
-    support rule needs support_cos/labels; without them it falls back to base_tolerance, saying why)."""
+    support rule needs support_cos/labels; without them it falls back to base_tolerance, saying why).
+    `standardize` (cosine matrix -> standardized scores, e.g. `ScoreNorm.apply`) enables that score form."""
     spec = spec or CalibrationSpec()
     cal: dict[str, Any] = {"rule": spec.rule, "split": calib_split, "images": len(calib_labels)}
-    if spec.rule == "support" and support_cos is not None and len(calib_labels):
-        gamma, cal["objective"] = choose_gamma_support(
-            calib_cos, calib_labels, support_cos, support_labels, n_seen, spec.max_base_drop
+    use_support = spec.rule == "support" and support_cos is not None and len(calib_labels)
+    if not use_support:
+        if spec.rule == "support":
+            cal["fallback"] = fallback or "no K-shot support or held-out base images were given"
+        cal["rule"], cal["tolerance"] = "base_tolerance", spec.tolerance
+    forms = (
+        [spec.scores] if spec.scores != "auto" else ["cosine", "standardized"] if use_support else ["cosine"]
+    )
+    if standardize is None:
+        if spec.scores == "standardized":
+            raise ConfigError(
+                "eval.calibration_scores=standardized needs image embeddings to standardise with"
+            )
+        forms = ["cosine"]
+    calib_labels = np.asarray(calib_labels)
+    reference = (
+        accuracy_curve(calib_cos, calib_labels, n_seen, GAMMA_GRID[:1])[0] if len(calib_labels) else 0.0
+    )
+    best: tuple | None = None
+    compared: dict[str, float] = {}
+    for form in forms:
+
+        def scored(x, form=form):
+            return x if form == "cosine" or x is None else standardize(x)
+
+        support = (scored(support_cos), support_labels) if use_support else None
+        gamma, objective = _calibrate(
+            form, (scored(calib_cos), calib_labels), support, n_seen, spec, reference
         )
-        cal["max_base_drop"] = spec.max_base_drop
+        if objective is not None:
+            compared[form] = objective["harmonic"]
+        if best is None or (objective is not None and objective["harmonic"] > best[2]["harmonic"] + 1e-12):
+            best = (form, gamma, objective, scored)
+    form, gamma, objective, scored = best
+    if use_support:
+        cal["objective"], cal["max_base_drop"] = objective, spec.max_base_drop
         cal["support"] = {
             "split": "ood",
             "shots": spec.shots,
             "seed": spec.seed,
             "images": len(support_labels),
         }
-    else:
-        if spec.rule == "support":
-            cal["fallback"] = fallback or "no K-shot support or held-out base images were given"
-        cal["rule"], cal["tolerance"] = "base_tolerance", spec.tolerance
-        gamma = choose_gamma(calib_cos, calib_labels, n_seen, spec.tolerance)
-    cal["grid"], cal["description"] = GRID_TEXT, rule_text(cal)
+    cal["scores"] = form
+    if len(compared) > 1:
+        cal["forms_compared"] = compared
+    cal["grid"], cal["description"] = GRID_TEXTS[form], rule_text(cal)
     raw = _scores(base_cos, base_labels, novel_cos, novel_labels, n_seen, 0.0)
     return {
         **raw,
         "gamma": gamma,
-        "calibrated": _scores(base_cos, base_labels, novel_cos, novel_labels, n_seen, gamma),
+        "scores": form,
+        "calibrated": _scores(scored(base_cos), base_labels, scored(novel_cos), novel_labels, n_seen, gamma),
         "classes_scored_among": int(base_cos.shape[1]),
         "novel_images": len(novel_labels),
         "calibration": cal,
@@ -256,12 +464,13 @@ def features_generalized(
     base images) and, for the support rule, "support", and the base / novel class-text rows; the student and
     the CLIP teacher both go through here."""
     both = np.concatenate([base_text, novel_text])
+    norm = ScoreNorm.fit(feats[calib_split], both) if len(feats[calib_split]) > 1 else None
 
     def split(name):
         return cosine(feats[name], both), np.asarray(labels[name])
 
     support = split("support") if "support" in feats else (None, None)
-    return generalized_zero_shot(
+    res = generalized_zero_shot(
         *split("id"),
         *split("ood_test"),
         len(base_text),
@@ -270,7 +479,27 @@ def features_generalized(
         calib_split,
         *support,
         fallback,
+        None if norm is None else lambda cos: norm.apply(cos, both),
     )
+    if res["scores"] == "standardized":  # what export and predict need to score any class name the same way
+        res["score_norm"] = norm
+    return res
+
+
+def save_calibration(run_dir: str | Path, gen: dict[str, Any]) -> None:
+    """calibration.json (gamma, score form, the rule) and, for standardized scores, score_norm.safetensors in a
+    run folder: what `vlmkd export` and `vlmkd predict RUN` apply. Pops the in-memory ScoreNorm from `gen`."""
+    from vlmkd.utils.io import write_json
+
+    run_dir = Path(run_dir)
+    norm = gen.pop("score_norm", None)
+    rec = {"gamma": gen["gamma"], "scores": gen.get("scores", "cosine"), "calibration": gen["calibration"]}
+    if norm is not None:
+        norm.save(run_dir / SCORE_NORM_FILE)
+        rec["scale"] = norm.scale
+    else:
+        (run_dir / SCORE_NORM_FILE).unlink(missing_ok=True)  # an earlier standardized calibration's
+    write_json(run_dir / "calibration.json", rec)
 
 
 def student_generalized(
@@ -316,7 +545,8 @@ def format_generalized(gen: dict[str, Any]) -> str:
     src = cal["split"] + (f" + {cal['support']['shots']}-shot support" if cal.get("support") else "")
     return (
         f"generalized (among all {gen['classes_scored_among']} names): {pct(gen)} | calibrated "
-        f"(gamma={gen['gamma']:.3f}, rule {cal['rule']} on {src}): {pct(gen['calibrated'])}"
+        f"({gen.get('scores', 'cosine')} scores, gamma={gen['gamma']:.3f}, rule {cal['rule']} on {src}): "
+        f"{pct(gen['calibrated'])}"
     )
 
 
@@ -337,16 +567,24 @@ def mean_generalized(results: list[dict[str, Any] | None]) -> dict[str, Any] | N
     for k in ("base", "novel", "harmonic"):
         out["calibrated"][k], out["std"]["calibrated"][k] = stats(lambda r, k=k: r["calibrated"][k])
     out["classes_scored_among"] = rows[0]["classes_scored_among"]
+    out["scores"] = [r.get("scores", "cosine") for r in rows]  # each seed's form: auto may pick differently
     out["calibration"] = cal = dict(rows[0]["calibration"])
+    cal.pop("forms_compared", None)  # seed 0's comparison; each seed compared its own
+    cal["scores"] = out["scores"][0] if len(set(out["scores"])) == 1 else "per seed"
     rules = {r["calibration"]["rule"] for r in rows}
-    if len(rules) > 1:  # e.g. one seed fell back: say so rather than describe the first seed's rule
-        cal["rule"] = "mixed: " + ", ".join(sorted(rules))
-        cal["description"] += f"; not every seed could use it (rules: {cal['rule'][7:]})"
     if cal.get("support") and len(rules) == 1:  # each seed's own support (drawn with the seed of its run)
         seeds = [r["calibration"]["support"]["seed"] for r in rows if r["calibration"].get("support")]
         cal["support"] = {**cal["support"], "seed": seeds}
-        cal["description"] = rule_text(cal)
+    cal["description"] = rule_text(cal)
+    if len(rules) > 1:  # e.g. one seed fell back: say so rather than describe the first seed's rule
+        cal["rule"] = "mixed: " + ", ".join(sorted(rules))
+        cal["description"] += f"; not every seed could use it (rules: {cal['rule'][7:]})"
     return out
+
+
+def _forms_cell(forms: list[str]) -> str:
+    counts = {f: forms.count(f) for f in dict.fromkeys(forms)}
+    return ", ".join(f if len(counts) == 1 else f"{f} x{n}" for f, n in counts.items())
 
 
 def generalized_table_lines(ood: dict[str, dict[str, Any]]) -> list[str]:
@@ -364,17 +602,20 @@ def generalized_table_lines(ood: dict[str, dict[str, Any]]) -> list[str]:
         f"## Generalized zero-shot: base and novel test images among all {first['classes_scored_among']} names "
         "(mean per-class accuracy, %)",
         "",
-        f"Calibrated: gamma subtracted from the base classes' cosine scores; {first['calibration']['description']}."
+        "Raw: cosine scores. Calibrated: gamma subtracted from the base classes' scores, cosine or standardized "
+        f"(column scores); {first['calibration']['description']}."
         + SUPPORT_NOTE * bool(first["calibration"].get("support"))
         + " H: harmonic mean of base and novel.",
         "",
-        "| method | base | novel | H | calibrated base | calibrated novel | calibrated H | gamma |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | base | novel | H | calibrated base | calibrated novel | calibrated H | scores | gamma |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m, g in rows.items():
         s, c, sc = g.get("std", {}), g["calibrated"], g.get("std", {}).get("calibrated", {})
         cells = [cell(g[k], s.get(k)) for k in ("base", "novel", "harmonic")]
         cells += [cell(c[k], sc.get(k)) for k in ("base", "novel", "harmonic")]
-        cells.append(f"{g['gamma']:.3f}")
+        forms = g.get("scores") or ["cosine"]
+        cells.append(_forms_cell(forms))
+        cells.append(f"{g['gamma']:.3f}" if len(set(forms)) == 1 else "per form")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines

@@ -124,11 +124,11 @@ def _zero_shot_head(
     text_encoder: Any,
     encoder_name: str | None,
     encoder_model: str | None,
-    gamma: float | None,
+    cal: Any,
 ) -> tuple[list[str], list[list[str]], np.ndarray, dict[str, Any], dict[str, Any]]:
     """(names, texts, rows, encoder record, extra) of a zero-shot export: the run's own class-text rows where it
-    has them (see `vlmkd.export.texts`), gamma and the seen-class flags of calibrated stacking."""
-    from vlmkd.export.texts import TextLibrary, resolve_classes, run_gamma, run_library, seen_mask
+    has them (see `vlmkd.export.texts`), the calibration `cal` (a SeenCalibration) and the seen-class flags."""
+    from vlmkd.export.texts import TextLibrary, resolve_classes, run_library, seen_mask
 
     lib = run_library(run_dir, meta)
     if templates:  # explicit templates replace the run's texts for every name
@@ -152,7 +152,9 @@ def _zero_shot_head(
             "dim": int(rows.shape[1]),
         }
     extra = {
-        "gamma": float(run_gamma(run_dir) if gamma is None else gamma),
+        "gamma": float(cal.gamma),
+        "scores": cal.form,
+        **({"scale": float(cal.norm.scale)} if cal.norm is not None else {}),
         "seen": seen_mask(names, lib.seen).tolist(),
         "text_library": lib.to_json(),
     }
@@ -182,8 +184,8 @@ def export_model(
     embeddings built with `text_encoder`, default: the encoder named by `encoder_name`, the run's
     `embed.encoder`, or the bundled MiniLM). None picks the head `vlmkd eval` scores (the embedding head of a
     cosine-scored run, else the classifier). Zero-shot names the run's class-text store knows keep its exact rows
-    (enriched texts); gamma (calibrated stacking, subtracted from the trained classes' cosine scores in predict)
-    defaults to the run's recorded one, else 0.
+    (enriched texts); the calibration `vlmkd eval` recorded for the run (score form, and gamma, subtracted from the
+    trained classes' scores in predict) travels with them; `gamma` overrides its gamma.
     """
     from vlmkd.engine.checkpoint import export_student, load_student
 
@@ -222,9 +224,19 @@ def export_model(
     temperature = float((meta.get("eval") or {}).get("temperature", 0.07))
     encoder, extra = None, {}
     if head == "zero_shot":
+        from dataclasses import replace
+
+        from vlmkd.eval.generalized import SCORE_NORM_FILE, SeenCalibration
+
+        cal = SeenCalibration.of_run(run_dir)
+        cal = cal if gamma is None else replace(cal, gamma=float(gamma))
         names, texts, emb, encoder, extra = _zero_shot_head(
-            run_dir, meta, class_names, texts, templates, text_encoder, encoder_name, encoder_model, gamma
+            run_dir, meta, class_names, texts, templates, text_encoder, encoder_name, encoder_model, cal
         )
+        if cal.norm is not None:  # standardized scores: predict needs the base images' statistics
+            cal.norm.save(out_dir / SCORE_NORM_FILE)
+        else:
+            (out_dir / SCORE_NORM_FILE).unlink(missing_ok=True)  # a previous export's, into this folder
         if emb.shape[1] != student.embed_dim:
             raise ConfigError(
                 f"text encoder {encoder['id']!r} gives {emb.shape[1]}-d embeddings but the "
@@ -252,6 +264,7 @@ def export_model(
         "opset": opset if fmt == "onnx" else None,
         "temperature": temperature,
         "gamma": extra["gamma"] if head == "zero_shot" else None,
+        "scores": extra["scores"] if head == "zero_shot" else None,
         "spec": meta["spec"],
         "source": str(source.resolve()),
         "vlmkd_version": __version__,

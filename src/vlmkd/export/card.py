@@ -182,9 +182,16 @@ def model_card(
             f'{export.get("temperature")}. Add classes with `vlmkd classes add DIR "name"` (text encoder '
             f"`{(encoder or {}).get('id')}`).",
         ]
+        if export.get("scores") == "standardized":
+            lines.append(
+                "Standardized scores: before the division each class's cosine becomes (cosine - w.m) / "
+                "sqrt(w'Sw) * scale, with m, S the mean unit embedding and covariance of held-out base images "
+                "(`score_norm.safetensors`, `scale` in classes.json), so that names seen and unseen in training "
+                "share one scale."
+            )
         if export.get("gamma"):
             lines.append(
-                f"Calibrated stacking: {export['gamma']:.3f} is subtracted from the cosine of every class the "
+                f"Calibrated stacking: {export['gamma']:.3f} is subtracted from the score of every class the "
                 "student was trained on (`seen` in classes.json) before the division, so that new names compete "
                 "fairly (gamma from `vlmkd eval RUN eval.generalized=true`)."
             )

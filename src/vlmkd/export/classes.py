@@ -68,7 +68,8 @@ def write_class_store(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """classes.json + class_text.npy. `texts`: exactly the texts behind each row (a list per class). `extra`:
-    "seen" (one flag per class: trained on), "gamma" (calibrated stacking), "text_library" (the run's texts)."""
+    "seen" (one flag per class: trained on), "gamma", "scores" and "scale" (calibration, see
+    `vlmkd.eval.generalized`), "text_library" (the run's texts)."""
     if len(names) != len(class_text):
         raise ArtifactError(f"{len(names)} class names but {len(class_text)} class embeddings")
     out_dir = Path(out_dir)
@@ -83,6 +84,7 @@ def write_class_store(
             "templates": templates,
             "temperature": float(temperature),
             "gamma": 0.0,
+            "scores": "cosine",
             "seen": [False] * len(names),
             **(extra or {}),
         },
@@ -136,7 +138,7 @@ def export_library(info: dict[str, Any]):
 
 
 def _write_back(export_dir, info: dict[str, Any], names, texts, arr, seen) -> None:
-    keep = {k: info[k] for k in ("gamma", "text_library") if k in info}
+    keep = {k: info[k] for k in ("gamma", "scores", "scale", "text_library") if k in info}
     write_class_store(
         export_dir,
         names,

@@ -4,8 +4,8 @@ A zero-shot student was trained and evaluated against the rows of its class-text
 written by `vlmkd classtext`): enriched sentences where the store has them, templates otherwise, embedded by the
 run's text encoder. Export, `classes add` and `predict --classes` reuse exactly those rows for every name the
 store knows, so an exported model scores the same as `vlmkd eval`; other names get the run's templates
-(`classtext.templates`) embedded by the same encoder. The gamma of calibrated stacking (`vlmkd.eval.generalized`)
-travels with them: it is subtracted from the scores of the classes the student was trained on ("seen").
+(`classtext.templates`) embedded by the same encoder. The calibration (`vlmkd.eval.generalized`: score form and
+gamma) travels with them; gamma is subtracted from the scores of the classes the student was trained on ("seen").
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from vlmkd.errors import ArtifactError, ConfigError
-from vlmkd.utils.io import read_json
 
 DEFAULT_TEMPLATES = ["a photo of a {name}."]
 
@@ -128,20 +127,6 @@ def read_classes_file(path: str | Path) -> list[str]:
     if not names:
         raise ConfigError(f"--classes-file {str(path)!r} lists no class names")
     return names
-
-
-def run_gamma(run_dir: str | Path) -> float:
-    """The calibrated-stacking gamma recorded for a run: by `vlmkd eval` (calibration.json) or by training with
-    eval.generalized=true (summary.json); 0 when it was never calibrated."""
-    run_dir = Path(run_dir)
-    for name, key in (("calibration.json", None), ("summary.json", "generalized")):
-        p = run_dir / name
-        if p.is_file():
-            rec = read_json(p)
-            rec = rec.get(key) if key else rec
-            if isinstance(rec, dict) and rec.get("gamma") is not None:
-                return float(rec["gamma"])
-    return 0.0
 
 
 def seen_mask(names: list[str], seen: list[str]) -> np.ndarray:
