@@ -63,7 +63,7 @@ class CalibrationSpec:
     tolerance: float = 0.03  # base_tolerance only
     shots: int = 5  # support only: K images per novel class, drawn like the K-shot evaluation (same seed)
     seed: int = 0
-    max_base_drop: float | None = 0.05  # support only: held-out base accuracy kept within this of gamma = 0
+    max_base_drop: float | None = 0.05  # support only: held-out base accuracy kept within this of raw cosine
     scores: str = "auto"  # cosine | standardized | auto (see the module docstring)
 
     @classmethod
@@ -303,8 +303,8 @@ def choose_gamma(
     acc = accuracy_curve(calib_cos, calib_labels, n_seen, grid)
     ref = acc[0] if reference is None else reference
     below = np.flatnonzero(acc < ref - tolerance - 1e-12)
-    if len(below) and below[0] == 0:  # even the first gamma costs too much: no calibration
-        return 0.0 if grid[0] <= 0 <= grid[-1] else float(grid[0])
+    if len(below) and below[0] == 0:  # even the first gamma costs too much: the one closest to raw scores
+        return float(grid[0])
     return float(grid[below[0] - 1] if len(below) else grid[-1])
 
 
@@ -582,6 +582,16 @@ def mean_generalized(results: list[dict[str, Any] | None]) -> dict[str, Any] | N
     return out
 
 
+def _table_rule(rows: dict[str, dict[str, Any]]) -> str:
+    """The calibration rule in words for a table of methods: the first's, with the score form left to the
+    table's column when the methods or seeds kept different ones."""
+    cal = next(iter(rows.values()))["calibration"]
+    forms = {f for g in rows.values() for f in (g.get("scores") or ["cosine"])}
+    if len(forms) == 1 or cal["rule"].startswith("mixed"):
+        return cal["description"]
+    return rule_text({**cal, "scores": "per seed"})
+
+
 def _forms_cell(forms: list[str]) -> str:
     counts = {f: forms.count(f) for f in dict.fromkeys(forms)}
     return ", ".join(f if len(counts) == 1 else f"{f} x{n}" for f, n in counts.items())
@@ -603,7 +613,7 @@ def generalized_table_lines(ood: dict[str, dict[str, Any]]) -> list[str]:
         "(mean per-class accuracy, %)",
         "",
         "Raw: cosine scores. Calibrated: gamma subtracted from the base classes' scores, cosine or standardized "
-        f"(column scores); {first['calibration']['description']}."
+        f"(column scores); {_table_rule(rows)}."
         + SUPPORT_NOTE * bool(first["calibration"].get("support"))
         + " H: harmonic mean of base and novel.",
         "",
@@ -616,6 +626,6 @@ def generalized_table_lines(ood: dict[str, dict[str, Any]]) -> list[str]:
         cells += [cell(c[k], sc.get(k)) for k in ("base", "novel", "harmonic")]
         forms = g.get("scores") or ["cosine"]
         cells.append(_forms_cell(forms))
-        cells.append(f"{g['gamma']:.3f}" if len(set(forms)) == 1 else "per form")
+        cells.append(f"{g['gamma']:.3f}" if len(set(forms)) == 1 else "mixed")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
