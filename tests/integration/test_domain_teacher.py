@@ -78,3 +78,12 @@ def test_teacher_train_errors_are_one_line(tmp_path, colours, capsys):
     assert "domain.split='pool' does not exist" in capsys.readouterr().err
     assert main(["teacher", "train", str(cfg), "classtext.sentences_file=null"]) == 2
     assert "domain.texts=templates" in capsys.readouterr().err
+
+
+def test_teacher_train_refuses_torchrun(tmp_path, colours, capsys, monkeypatch):
+    """Under torchrun every rank would train the same tower into the same folder: one line says what to do."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["teacher", "train", str(teacher_config(tmp_path, colours))]) == 2
+    err = capsys.readouterr().err
+    assert "runs in one process; run it without torchrun" in err and "clip.name=domain:DIR" in err
+    assert not (tmp_path / "teacher").exists()

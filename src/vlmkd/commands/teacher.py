@@ -70,9 +70,18 @@ def _report(out: dict[str, Any], folder: Path, split: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import os
+
     from vlmkd.teachers.domain import fit_domain_teacher, settings_from_config, zero_shot_eval
     from vlmkd.utils.logging import MetricsLogger
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would train the same tower into one folder
+        from vlmkd.errors import ConfigError
+
+        raise ConfigError(
+            "vlmkd teacher train runs in one process; run it without torchrun (one GPU trains the small tower), "
+            "then give its folder to the distributed stages as clip.name=domain:DIR"
+        )
     cfg, manifests, encoder = _setup(args, "train")
     split = cfg.domain.split if cfg.domain.split in manifests else None
     if split is None:
