@@ -30,6 +30,25 @@ def test_written_files_follow_the_umask(tmp_path):
     assert os.listdir(tmp_path) == ["a.json"]
 
 
+def test_files_replaced_by_their_writer_follow_the_umask_too(tmp_path):
+    """safetensors replaces the temp file it is given with an owner-only one (student.safetensors was 0o600)."""
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        with atomic_path(tmp_path / "r.bin") as tmp:  # a writer that removes and recreates the file
+            tmp.unlink()
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+    finally:
+        os.umask(old)
+    for name in ("w.safetensors", "r.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
 def test_failed_write_leaves_no_temp_file(tmp_path):
     with pytest.raises(RuntimeError), atomic_path(tmp_path / "b.npy") as tmp:
         tmp.write_bytes(b"half")

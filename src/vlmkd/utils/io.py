@@ -124,9 +124,11 @@ def atomic_path(path: str | os.PathLike):
     prefix = f"{_tmp_prefix(path)}{_host()}.{os.getpid()}."
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
+    mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)
     try:
         yield Path(tmp)
+        os.chmod(tmp, mode)  # again: some writers (safetensors) replace the file, owner-only
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
