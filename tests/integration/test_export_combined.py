@@ -124,6 +124,26 @@ def _predict(tmp: Path, model: Path, paths: list[str], k: int, *extra: str) -> t
     return [r["label"] for r in recs], probs
 
 
+def _export_and_run_predict(tmp, exp: Path, run: Path, ref: dict, names: list[str], logits, atol: float):
+    """`predict EXPORT` gives softmax(logits), and `predict RUN --classes NAMES` the same; returns the labels."""
+    expected = _softmax(np.asarray(logits, np.float64))
+    labels, probs = _predict(tmp, exp, ref["paths"], len(names))
+    assert labels == [names[j] for j in expected.argmax(1)]
+    np.testing.assert_allclose(probs, expected, atol=atol)
+    run_labels, run_probs = _predict(tmp, run, ref["paths"], len(names), "--classes", *names)
+    assert run_labels == labels
+    np.testing.assert_allclose(run_probs, probs, atol=1e-5)
+    return labels
+
+
+def _accuracy_is_evals(ref: dict, labels: list[str], gen: dict) -> None:
+    """Accuracy of predicted labels among all names, base and novel images apart = eval's calibrated scores."""
+    recs = [{"path": p, "label": lab} for p, lab in zip(ref["paths"], labels)]
+    for split, part, classes in (("id", "base", ref["base"]), ("ood_test", "novel", ref["novel"])):
+        mine = [r for r, s in zip(recs, ref["split"]) if s == split]
+        assert _accuracy(mine, classes)[1] == pytest.approx(gen["calibrated"][part], abs=1e-9), part
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
 def test_classifier_export_gives_the_run_students_logits(combined, ref, tmp_path, fmt):
     out = tmp_path / "cls"
@@ -179,14 +199,8 @@ def test_zero_shot_export_and_predict_score_the_embedding_head_on_the_runs_texts
     emb = ref["embedding"] / np.linalg.norm(ref["embedding"], axis=1, keepdims=True)
     cos = emb @ ref["rows"].T
     cos[:, : len(ref["base"])] -= gen["gamma"]
-    expected = _softmax(cos.astype(np.float64) / temperature)
-    labels, probs = _predict(tmp_path, exp, ref["paths"], len(names))
-    assert labels == [names[j] for j in expected.argmax(1)]
-    np.testing.assert_allclose(probs, expected, atol=1e-4)
-    # the run folder with the same names: the same texts, gamma and predictions
-    run_labels, run_probs = _predict(tmp_path, combined, ref["paths"], len(names), "--classes", *names)
-    assert run_labels == labels
-    np.testing.assert_allclose(run_probs, probs, atol=1e-5)
+    # the export, and the run folder with the same names: the same texts, gamma and predictions
+    labels = _export_and_run_predict(tmp_path, exp, combined, ref, names, cos / temperature, 1e-4)
     # the run folder without names: the head `vlmkd eval` scores, among the trained classes (gamma shifts them all)
     n_base = len(ref["base"])
     _, run_probs = _predict(tmp_path, combined, ref["paths"], n_base)
@@ -194,10 +208,7 @@ def test_zero_shot_export_and_predict_score_the_embedding_head_on_the_runs_texts
         run_probs, _softmax(cos[:, :n_base].astype(np.float64) / temperature), atol=1e-4
     )
     # the exported model's accuracy among all names is `vlmkd eval`'s calibrated generalized score
-    recs = [{"path": p, "label": lab} for p, lab in zip(ref["paths"], labels)]
-    for split, part, classes in (("id", "base", ref["base"]), ("ood_test", "novel", ref["novel"])):
-        mine = [r for r, s in zip(recs, ref["split"]) if s == split]
-        assert _accuracy(mine, classes)[1] == pytest.approx(gen["calibrated"][part], abs=1e-9), part
+    _accuracy_is_evals(ref, labels, gen)
 
 
 def test_standardized_scores_travel_with_the_export(combined, ref, tmp_path):
@@ -240,17 +251,8 @@ def test_standardized_scores_travel_with_the_export(combined, ref, tmp_path):
     emb = ref["embedding"] / np.linalg.norm(ref["embedding"], axis=1, keepdims=True)
     z = (emb @ ref["rows"].T - mu) / sd * info["scale"]
     z[:, : len(ref["base"])] -= gen["gamma"]
-    expected = _softmax(z.astype(np.float64) / info["temperature"])
-    labels, probs = _predict(tmp_path, exp, ref["paths"], len(names))
-    assert labels == [names[j] for j in expected.argmax(1)]
-    np.testing.assert_allclose(probs, expected, atol=1e-3)
-    run_labels, run_probs = _predict(tmp_path, combined, ref["paths"], len(names), "--classes", *names)
-    assert run_labels == labels
-    np.testing.assert_allclose(run_probs, probs, atol=1e-5)
-    recs = [{"path": p, "label": lab} for p, lab in zip(ref["paths"], labels)]
-    for split, part, classes in (("id", "base", ref["base"]), ("ood_test", "novel", ref["novel"])):
-        mine = [r for r, s in zip(recs, ref["split"]) if s == split]
-        assert _accuracy(mine, classes)[1] == pytest.approx(gen["calibrated"][part], abs=1e-9), part
+    labels = _export_and_run_predict(tmp_path, exp, combined, ref, names, z / info["temperature"], 1e-3)
+    _accuracy_is_evals(ref, labels, gen)
     # a later cosine calibration replaces it: the standardized statistics no longer apply
     assert main(["eval", str(combined), "eval.calibration_scores=cosine"]) == 0
     assert main(["export", str(combined), "--out", str(exp), "--no-latency", "--classes", *names]) == 0

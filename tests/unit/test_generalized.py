@@ -122,6 +122,8 @@ def test_spec_from_config_and_support_manifest():
     assert CalibrationSpec.from_config(ev, shots=3, seed=None) == CalibrationSpec("support", 0.03, 3, 0, 0.05)
     with pytest.raises(ConfigError, match="eval.calibration must be one of support, base_tolerance"):
         CalibrationSpec.from_config(SimpleNamespace(**{**ev.__dict__, "calibration": "val"}))
+    with pytest.raises(ConfigError, match="calibration_scores must be one of auto, cosine, standardized"):
+        CalibrationSpec.from_config(SimpleNamespace(**{**ev.__dict__, "calibration_scores": "zscore"}))
     pool = Manifest(
         ids=[f"n{i}" for i in range(12)],
         labels=[i % 2 for i in range(12)],
@@ -262,18 +264,3 @@ def test_seen_calibration_applies_the_form_then_gamma_and_reads_run_folders(tmp_
     back = SeenCalibration.of_run(tmp_path)
     assert back.form == "standardized" and back.gamma == 0.1
     np.testing.assert_allclose(back.apply(cos, seen, back.stats(text)), want, atol=1e-5)
-
-
-def test_spec_rejects_an_unknown_score_form():
-    ev = SimpleNamespace(
-        calibration="support",
-        calibration_tolerance=0.03,
-        calibration_shots=5,
-        calibration_seed=0,
-        calibration_max_base_drop=0.05,
-        calibration_scores="zscore",
-    )
-    with pytest.raises(
-        ConfigError, match="eval.calibration_scores must be one of auto, cosine, standardized"
-    ):
-        CalibrationSpec.from_config(ev)
