@@ -95,6 +95,11 @@ def test_offline_open_vocabulary_route(tmp_path, capsys):
     assert "model.embed_dim=768 but the class-text embeddings are 384-d" in capsys.readouterr().err
     assert main(["train", cfg, "--run-dir", str(run), clip]) == 0
     capsys.readouterr()
+    # training with eval.generalized=true records the calibration that export and predict apply
+    trained = json.loads((run / "summary.json").read_text())["generalized"]
+    recorded = json.loads((run / "calibration.json").read_text())
+    assert (recorded["gamma"], recorded["scores"]) == (trained["gamma"], trained["scores"])
+    assert (run / "score_norm.safetensors").is_file() == (trained["scores"] == "standardized")
 
     # 4. eval: restricted and generalized (raw and calibrated), the teacher's too, and 5-shot
     assert main(["eval", str(run), "eval.generalized=true", "--out", str(tmp_path / "eval.json")]) == 0
