@@ -243,14 +243,15 @@ def test_auto_keeps_the_score_form_with_the_higher_held_out_objective():
         == "cosine"
     )
     # base_tolerance on pinned standardized scores: the largest gamma whose base accuracy stays within the
-    # tolerance of the RAW cosine scores (here all 80 base images are right at gamma 0: accuracy 1.0)
+    # tolerance of the RAW cosine scores
     std_tol = CalibrationSpec("base_tolerance", tolerance=0.05, scores="standardized")
     res = generalized_zero_shot(
         base, by, novel, ny, 2, calib, cy, std_tol, "val", None, None, None, standardize
     )
+    floor = accuracy_curve(calib, cy, 2, GAMMA_GRID[:1])[0] - 0.05
     curve = accuracy_curve(standardize(calib), cy, 2, SIGNED_GRID)
     i = int(np.argmin(np.abs(SIGNED_GRID - res["gamma"])))
-    assert res["scores"] == "standardized" and curve[: i + 1].min() >= 0.95 and curve[i + 1] < 0.95
+    assert res["scores"] == "standardized" and curve[: i + 1].min() >= floor > curve[i + 1]
     with pytest.raises(ConfigError, match="calibration_scores=standardized needs image embeddings"):
         generalized_zero_shot(base, by, novel, ny, 2, calib, cy, CalibrationSpec(scores="standardized"))
 
