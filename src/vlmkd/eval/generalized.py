@@ -2,19 +2,20 @@
 
 Scored among base + novel names together, a distilled student sends most novel images to a base class (it was
 trained on those: the seen-class bias). Calibrated stacking (Chao et al., ECCV 2016) subtracts one constant gamma
-from the cosine similarity of every seen (base) class before the argmax. Gamma is one scalar chosen on a grid
-(0 to 2 in cosine units, step 0.001) by one of two rules (`eval.calibration`); neither sees a test image:
+from the score (cosine similarity, or standardized: see "Scores" below) of every seen (base) class before the
+argmax. Gamma is one scalar chosen on a grid (0 to 2 in cosine units, step 0.001) by one of two rules
+(`eval.calibration`); neither sees a test image:
 
 - "support" (the default when the run has novel-class training images): the gamma that maximises the harmonic mean
   of base accuracy on held-out base images (the `val` split, else the base training images) and novel accuracy on
   the K-shot support (K training images per novel class, drawn exactly as the K-shot evaluation draws them, same
   seed), among the gammas whose held-out base accuracy stays within `eval.calibration_max_base_drop` (0.05) of
-  gamma = 0. It uses the labels of those K x N novel training images, the data few-shot adaptation is given anyway.
+  the raw cosine scores (gamma = 0). It uses the labels of those K x N novel training images, the data few-shot adaptation is given anyway.
   Without the cap (`calibration_max_base_drop=null`) H alone decides, and on the demo's students it gave up 9-30
   base points with a 25-image support: too noisy to be a default.
 - "base_tolerance" (pure zero-shot: no novel-class label at all): the largest gamma for which the held-out base
-  images' accuracy among all names stays within `eval.calibration_tolerance` of gamma = 0, for every smaller gamma
-  too. In words: remove as much seen-class bias as the base classes can afford. Conservative by design.
+  images' accuracy among all names stays within `eval.calibration_tolerance` of the raw cosine scores, for every
+  smaller gamma too. In words: remove as much seen-class bias as the base classes can afford. Conservative by design.
 
 Scores (`eval.calibration_scores`). One constant cannot undo a bias that differs by class: a trained class's cosine
 is high on every image that resembles it, a novel name's is low on everything. "standardized" scores first put
