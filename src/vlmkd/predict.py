@@ -6,8 +6,8 @@
 
 Zero-shot models score cosine(image, class text) / temperature, calibrated as the run's generalized evaluation
 chose (`vlmkd.eval.generalized`: cosine or standardized scores, gamma subtracted from the classes the student was
-trained on). `classes` uses the same texts as training
-(see `vlmkd.export.texts`): the run's class-text rows where it has the name, its templates otherwise.
+trained on). `classes` uses the same texts as training (see `vlmkd.export.texts`): the run's class-text rows
+where it has the name, its templates otherwise.
 
 Images are preprocessed exactly as the student was evaluated (colour conversion, resize, center crop,
 normalise), from `preprocess.json` (export folders) or `student.json` (run folders). Unreadable files (corrupt,
