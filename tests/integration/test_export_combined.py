@@ -246,7 +246,14 @@ def test_standardized_scores_travel_with_the_export(combined, ref, tmp_path):
     norm = ScoreNorm.load(exp / SCORE_NORM_FILE)
     np.testing.assert_allclose(norm.stats(ref["rows"])[0], mu, atol=1e-5)
     np.testing.assert_allclose(norm.stats(ref["rows"])[1], sd, atol=1e-5)
-    assert "Standardized scores" in (exp / "MODEL_CARD.md").read_text()
+    card = (exp / "MODEL_CARD.md").read_text()
+    assert "Standardized scores" in card
+    # the card quotes what `vlmkd eval` measured with this calibration
+    cal = gen["calibrated"]
+    assert (
+        f"with this calibration (standardized scores, gamma {gen['gamma']:.3f}) base {100 * cal['base']:.2f}%, "
+        f"novel {100 * cal['novel']:.2f}%, harmonic {100 * cal['harmonic']:.2f}%" in card
+    )
 
     emb = ref["embedding"] / np.linalg.norm(ref["embedding"], axis=1, keepdims=True)
     z = (emb @ ref["rows"].T - mu) / sd * info["scale"]

@@ -495,6 +495,9 @@ def save_calibration(run_dir: str | Path, gen: dict[str, Any]) -> None:
     run_dir = Path(run_dir)
     norm = gen.pop("score_norm", None)
     rec = {"gamma": gen["gamma"], "scores": gen.get("scores", "cosine"), "calibration": gen["calibration"]}
+    # what it measured: the exported model's card quotes it
+    keys = ("base", "novel", "harmonic", "calibrated", "classes_scored_among")
+    rec["result"] = {k: gen[k] for k in keys if k in gen}
     if norm is not None:
         norm.save(run_dir / SCORE_NORM_FILE)
         rec["scale"] = norm.scale

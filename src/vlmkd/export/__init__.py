@@ -222,13 +222,15 @@ def export_model(
 
     write_json(out_dir / PREPROCESS_FILE, pre)
     temperature = float((meta.get("eval") or {}).get("temperature", 0.07))
-    encoder, extra = None, {}
+    encoder, extra, calibration = None, {}, None
     if head == "zero_shot":
         from dataclasses import replace
 
         from vlmkd.eval.generalized import SCORE_NORM_FILE, SeenCalibration
 
         cal = SeenCalibration.of_run(run_dir)
+        if gamma is None and (run_dir / "calibration.json").is_file():  # its measured result goes on the card
+            calibration = read_json(run_dir / "calibration.json")
         cal = cal if gamma is None else replace(cal, gamma=float(gamma))
         names, texts, emb, encoder, extra = _zero_shot_head(
             run_dir, meta, class_names, texts, templates, text_encoder, encoder_name, encoder_model, cal
@@ -288,6 +290,7 @@ def export_model(
         latency=latency,
         class_names=names,
         encoder=encoder,
+        calibration=calibration,
     )
     (out_dir / CARD_FILE).write_text(card, encoding="utf-8")
     return out_dir

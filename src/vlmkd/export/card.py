@@ -145,6 +145,23 @@ def _metrics(summary: dict[str, Any], scored: str, exported: str) -> list[str]:
     return rows
 
 
+def _generalized(calibration: dict[str, Any] | None) -> list[str]:
+    """The run's generalized zero-shot result, as `vlmkd eval` recorded it with the calibration this export applies."""
+    res = (calibration or {}).get("result")
+    if not res:
+        return []
+
+    def trio(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {_pct(d.get(k))}" for k in ("base", "novel", "harmonic"))
+
+    return [
+        f"Generalized zero-shot, measured by `vlmkd eval` with base and novel test images among the run's "
+        f"{res.get('classes_scored_among')} class names (mean per-class accuracy; harmonic = their harmonic mean): "
+        f"raw cosine {trio(res)}; with this calibration ({calibration.get('scores', 'cosine')} scores, gamma "
+        f"{float(calibration.get('gamma') or 0):.3f}) {trio(res.get('calibrated') or {})}."
+    ]
+
+
 def model_card(
     *,
     name: str,
@@ -157,6 +174,7 @@ def model_card(
     latency: dict[str, float] | None,
     class_names: list[str],
     encoder: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> str:
     pre = meta.get("preprocess", {})
     spec = meta.get("spec", {})
@@ -195,6 +213,7 @@ def model_card(
                 "student was trained on (`seen` in classes.json) before the division, so that new names compete "
                 "fairly (gamma from `vlmkd eval RUN eval.generalized=true`)."
             )
+        lines += _generalized(calibration)
     lines += [
         "",
         "## Data",
