@@ -2,7 +2,7 @@
 
 For each run folder (an embedding student with novel classes, e.g. the demo's `runs/ood-*`), scores X_id and X_ood
 among all class names and prints, for cosine scores and for standardized ones (each class's cosine Z-scored over
-the held-out base images, `vlmkd.eval.generalized.ScoreNorm`):
+the held-out images, `vlmkd.eval.generalized.ScoreNorm`):
   raw         base / novel / harmonic mean of the cosine scores at gamma = 0 (the same for both rows)
   calibrated  the same at the gamma `vlmkd eval` chooses with that score form (the run's eval.calibration rule:
               val + 5-shot support)
@@ -65,7 +65,12 @@ def embeddings(run: Path, seed: int) -> tuple[dict, dict, np.ndarray, int]:
 
 
 def scores(feats, labels, text, n_seen, form: str, max_base_drop: float = 0.05) -> dict[str, list[float]]:
-    norm = ScoreNorm.fit(feats["val"], text)
+    # as vlmkd eval fits it: val base images and the support's novel ones, each class weighing the same
+    norm = ScoreNorm.fit(
+        np.concatenate([feats["val"], feats["support"]]),
+        text,
+        np.concatenate([labels["val"], labels["support"] + n_seen]),
+    )
     cos = {k: cosine(feats[k], text) for k in ("id", "ood_test", "val", "support")}
     raw_val = accuracy_curve(cos["val"], labels["val"], n_seen, GAMMA_GRID[:1])[0]
     raw_base = accuracy_curve(cos["id"], labels["id"], n_seen, GAMMA_GRID[:1])[0]

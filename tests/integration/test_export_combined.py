@@ -217,7 +217,7 @@ def test_standardized_scores_travel_with_the_export(combined, ref, tmp_path):
     from vlmkd.config import load_config
     from vlmkd.data import build_manifests
     from vlmkd.engine.checkpoint import load_student
-    from vlmkd.eval.generalized import SCORE_NORM_FILE, ScoreNorm
+    from vlmkd.eval.generalized import SCORE_NORM_FILE, CalibrationSpec, ScoreNorm, support_manifest
     from vlmkd.eval.predict import student_outputs
 
     names = [*ref["base"], *ref["novel"]]
@@ -231,12 +231,21 @@ def test_standardized_scores_travel_with_the_export(combined, ref, tmp_path):
     assert main(args) == 0
     gen = json.loads((tmp_path / "eval.json").read_text())["generalized"]
     assert gen["scores"] == "standardized" and (combined / SCORE_NORM_FILE).is_file()
-    # the statistics: each class's cosine over the held-out base images gamma was chosen on (eval pipeline)
+    # the statistics: each class's cosine over the held-out images gamma was chosen on (eval pipeline): the base
+    # ones of the calibration split and the novel ones of the 5-shot support, every class weighing the same
     cfg = load_config(combined / "config.yaml")
-    calib = build_manifests(cfg.data)[gen["calibration"]["split"]]
-    e = student_outputs(load_student(combined)[0], calib, cfg.data)["embedding"]
-    cos_calib = (e / np.linalg.norm(e, axis=1, keepdims=True)) @ ref["rows"].T
-    mu, sd = cos_calib.mean(0), cos_calib.std(0)
+    manifests = build_manifests(cfg.data)
+    support, _ = support_manifest(manifests, CalibrationSpec.from_config(cfg.eval))
+    assert gen["calibration"]["support"]["images"] == len(support)
+    student = load_student(combined)[0]
+    cos, ys = [], []
+    for m, offset in ((manifests[gen["calibration"]["split"]], 0), (support, len(ref["base"]))):
+        out = student_outputs(student, m, cfg.data)
+        cos.append(out["embedding"] / np.linalg.norm(out["embedding"], axis=1, keepdims=True) @ ref["rows"].T)
+        ys.append(out["labels"] + offset)
+    per_class = [np.concatenate(cos)[np.concatenate(ys) == c] for c in range(len(names))]
+    mu = np.mean([c.mean(0) for c in per_class], axis=0)
+    sd = np.sqrt(np.mean([(c**2).mean(0) for c in per_class], axis=0) - mu**2)
 
     exp = tmp_path / "zs"
     assert main(["export", str(combined), "--out", str(exp), "--no-latency", "--classes", *names]) == 0

@@ -177,6 +177,14 @@ def test_score_norm_stats_are_each_class_columns_mean_and_std(tmp_path):
     # a class named later (not in `text`) is standardised the same way, from image-space statistics alone
     extra = rng.normal(size=(1, 8))
     np.testing.assert_allclose(norm.stats(extra)[1], cosine(images, extra).std(0), atol=1e-6)
+    # with labels every class weighs the same: the mean and the mean square are averages of per-class averages
+    labels = np.r_[np.zeros(190, int), np.ones(10, int)]
+    balanced = ScoreNorm.fit(images, text, labels)
+    per_class = [cos[labels == c] for c in (0, 1)]
+    mean = np.mean([c.mean(0) for c in per_class], axis=0)
+    sq = np.mean([(c.astype(np.float64) ** 2).mean(0) for c in per_class], axis=0)
+    np.testing.assert_allclose(balanced.stats(text)[0], mean, atol=1e-6)
+    np.testing.assert_allclose(balanced.stats(text)[1], np.sqrt(sq - mean**2), atol=1e-6)
     norm.save(tmp_path / "n.safetensors")
     back = ScoreNorm.load(tmp_path / "n.safetensors")
     assert back.scale == norm.scale

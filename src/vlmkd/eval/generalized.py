@@ -19,15 +19,18 @@ argmax. Gamma is one scalar chosen on a grid (0 to 2 in cosine units, step 0.001
 
 Scores (`eval.calibration_scores`). One constant cannot undo a bias that differs by class: a trained class's cosine
 is high on every image that resembles it, a novel name's is low on everything. "standardized" scores first put
-every class on one scale, with no label at all: each class's cosine minus its mean over the held-out base images,
-divided by its standard deviation there (Z-normalisation), times one scalar `scale` (the mean of those deviations)
-so that scores, gamma and the softmax temperature stay in cosine units. The statistics live in image space (the
-mean unit embedding m and covariance S of the held-out base images: class text w has mean w.m and variance w'Sw),
-so a class named after training, at export or in `predict --classes`, is standardised exactly like the rest.
-Gamma then runs over a signed grid (-1 to 1): standardising can overcorrect, and a negative gamma gives the trained
-classes back some of their score. "auto" (the default) calibrates both forms with the support rule and keeps the
-one with the higher held-out objective (ties: cosine); with base_tolerance, which has no novel-class label to
-compare them with, auto means cosine. Base accuracy is always capped against the raw cosine scores at gamma = 0.
+every class on one scale: each class's cosine minus its mean over held-out images, divided by its standard
+deviation there (Z-normalisation), times one scalar `scale` (the mean of those deviations) so that scores, gamma
+and the softmax temperature stay in cosine units. The held-out images are those gamma is chosen on: the base
+images of the calibration split and, with the support rule, the K-shot support of the novel classes, every class
+weighing the same. Statistics over base images alone would themselves be lopsided: each base class's column would
+include its own images, no novel column would. They live in image space (the class-balanced mean unit embedding m
+and covariance S: class text w has mean w.m and variance w'Sw), so a class named after training, at export or in
+`predict --classes`, is standardised exactly like the rest. Gamma then runs over a signed grid (-1 to 1):
+standardising can overcorrect, and a negative gamma gives the trained classes back some of their score. "auto"
+(the default) calibrates both forms with the support rule and keeps the one with the higher held-out objective
+(ties: cosine); with base_tolerance, which has no novel-class label to compare them with, auto means cosine. Base
+accuracy is always capped against the raw cosine scores at gamma = 0.
 
     spec = CalibrationSpec.from_config(cfg.eval, shots=5, seed=0)
     res = student_generalized(student, manifests, class_text, cfg.data, "cpu", spec)
@@ -124,8 +127,8 @@ def rule_text(cal: dict[str, Any]) -> str:
         text += "; each seed kept the score form (cosine or standardized) with the higher held-out objective"
     elif form == "standardized":
         text += (
-            "; scores standardized per class (cosine minus its mean over the held-out base images, over its "
-            "standard deviation there)"
+            "; scores standardized per class (cosine minus its mean over those held-out images, each class "
+            "weighing the same, over its standard deviation there)"
         )
     if cal.get("forms_compared"):
         text += (
@@ -156,13 +159,18 @@ class ScoreNorm:
     scale: float = 1.0
 
     @classmethod
-    def fit(cls, embedding: np.ndarray, class_text: np.ndarray) -> ScoreNorm:
-        """From held-out base image embeddings; `scale` = the mean deviation of `class_text` (the run's classes)."""
+    def fit(
+        cls, embedding: np.ndarray, class_text: np.ndarray, labels: np.ndarray | None = None
+    ) -> ScoreNorm:
+        """From held-out image embeddings. With `labels`, every class weighs the same (the mean and the second
+        moment are averages of per-class averages), so that 5 support images of a novel class count as much as
+        200 validation images of a base class. `scale` = the mean deviation of `class_text` (the run's classes)."""
         e = np.asarray(embedding, np.float64)
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        mean = e.mean(0)
-        centred = e - mean
-        norm = cls(mean, centred.T @ centred / max(len(e), 1))
+        groups = [e] if labels is None else [e[np.asarray(labels) == c] for c in np.unique(labels)]
+        mean = np.mean([g.mean(0) for g in groups], axis=0)
+        second = np.mean([g.T @ g / len(g) for g in groups], axis=0)
+        norm = cls(mean, second - np.outer(mean, mean))
         _, sd = norm.stats(class_text)
         norm.scale = float(sd.mean())
         return norm
@@ -465,7 +473,13 @@ def features_generalized(
     base images) and, for the support rule, "support", and the base / novel class-text rows; the student and
     the CLIP teacher both go through here."""
     both = np.concatenate([base_text, novel_text])
-    norm = ScoreNorm.fit(feats[calib_split], both) if len(feats[calib_split]) > 1 else None
+    # standardisation statistics over held-out images of every class there is: the base ones, and the novel
+    # ones of the support when there is one (each class weighing the same)
+    imgs, ys = [feats[calib_split]], [np.asarray(labels[calib_split])]
+    if "support" in feats:
+        imgs.append(feats["support"])
+        ys.append(np.asarray(labels["support"]) + len(base_text))
+    norm = ScoreNorm.fit(np.concatenate(imgs), both, np.concatenate(ys)) if len(imgs[0]) > 1 else None
 
     def split(name):
         return cosine(feats[name], both), np.asarray(labels[name])
