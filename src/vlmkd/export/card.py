@@ -203,9 +203,9 @@ def model_card(
         if export.get("scores") == "standardized":
             lines.append(
                 "Standardized scores: before the division each class's cosine becomes (cosine - w.m) / "
-                "sqrt(w'Sw) * scale, with m, S the mean unit embedding and covariance of held-out base images "
-                "(`score_norm.safetensors`, `scale` in classes.json), so that names seen and unseen in training "
-                "share one scale."
+                "sqrt(w'Sw) * scale, with m, S the class-balanced mean unit embedding and covariance of held-out "
+                "images of the run's classes (`score_norm.safetensors`, `scale` in classes.json), so that names "
+                "seen and unseen in training share one scale."
             )
         if export.get("gamma"):
             lines.append(
