@@ -7,7 +7,8 @@ command with each tree first on the path:
     PYTHONPATH=/path/to/old/src python scripts/demo_seeds.py --out /tmp/demo_old --method balanced_softmax+kd --seeds 0:9
     PYTHONPATH=src python scripts/demo_seeds.py --out /tmp/demo_new --method vl_cls+mse --seeds 0:8
 
-Long-tail methods report test overall and tail accuracy; OOD methods X_id, zero-shot and 5-shot X_ood accuracy.
+Long-tail methods report test overall and tail accuracy; OOD methods X_id, zero-shot and 5-shot X_ood accuracy,
+and (trees that score it) generalized base accuracy and harmonic mean among all names, raw and calibrated.
 Only the standard library and the demo's own API are used here, so the script runs against older trees too.
 """
 
@@ -50,6 +51,14 @@ def ood_rows(demo, method: str, seeds: range) -> list[dict[str, float]]:
     for seed, r in enumerate(demo.ood()[method]):
         if seed in seeds:
             rows.append({"seed": seed, **{k: r[k] for k in ("id", "ood_zero_shot", "ood_5shot")}})
+            g = r.get("generalized")  # among all names (trees that score it)
+            if g:
+                rows[-1].update(
+                    gen_base=g["base"],
+                    gen_H=g["harmonic"],
+                    gen_calibrated_base=g["calibrated"]["base"],
+                    gen_calibrated_H=g["calibrated"]["harmonic"],
+                )
             print(json.dumps({"method": method, **rows[-1]}), flush=True)
     return rows
 
