@@ -92,8 +92,8 @@ class EvalConfig:
     # support rule: never give up more than this much held-out base accuracy (None: H alone decides)
     calibration_max_base_drop: float | None = 0.05
     # the scores gamma is applied to: "cosine"; "standardized" (each class's cosine Z-normalised over the
-    # held-out base images, no label used); "auto": with the support rule, whichever of the two has the higher
-    # held-out objective, else cosine
+    # held-out images gamma is chosen on, val and support, each class weighing the same); "auto": with the
+    # support rule, whichever of the two has the higher held-out objective, else cosine
     calibration_scores: str = "auto"
     # also write each split's C x C confusion matrix to confusion.npz in the run folder (never into summary.json)
     confusion: bool = False

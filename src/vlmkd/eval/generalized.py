@@ -149,7 +149,7 @@ def cosine(embedding: np.ndarray, class_text: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ScoreNorm:
-    """Standardized scores (module docstring): the held-out base images' mean unit embedding and covariance.
+    """Standardized scores (module docstring): the held-out images' mean unit embedding and covariance.
 
     A class text w (unit) scores (cos - w.mean) / sqrt(w' cov w) * scale: its cosine's Z-score over those
     images, for any class name, in cosine units. D + D x D floats (2.4 MB at 768-d), whatever the class count."""

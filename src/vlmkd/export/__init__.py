@@ -235,7 +235,7 @@ def export_model(
         names, texts, emb, encoder, extra = _zero_shot_head(
             run_dir, meta, class_names, texts, templates, text_encoder, encoder_name, encoder_model, cal
         )
-        if cal.norm is not None:  # standardized scores: predict needs the base images' statistics
+        if cal.norm is not None:  # standardized scores: predict needs the held-out images' statistics
             cal.norm.save(out_dir / SCORE_NORM_FILE)
         else:
             (out_dir / SCORE_NORM_FILE).unlink(missing_ok=True)  # a previous export's, into this folder
