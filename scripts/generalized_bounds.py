@@ -55,7 +55,6 @@ def embeddings(run: Path, seed: int) -> tuple[dict, dict, np.ndarray, int]:
         "ood_test": without_support(m["ood_test"], support),
         "val": m["val"],
         "support": support,
-        "train": m["train"],
     }
     feats, labels = {}, {}
     for name, part in parts.items():

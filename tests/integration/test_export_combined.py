@@ -5,8 +5,9 @@ classes of a generated folder, then exported both ways and used through `vlmkd p
 - the closed-set classifier export (`--head classifier`; ONNX, TorchScript, safetensors) gives the run student's
   classifier logits, and
   its model card says that the run's metrics are the embedding head's (the head `vlmkd eval` scores);
-- the default export (the head `vlmkd eval` scores: zero_shot) over base + novel names gives the run's embedding head scored against the run's own class
-  texts (with `vlmkd eval`'s calibrated-stacking gamma on the base classes), and so does `predict RUN --classes`;
+- the default export (the head `vlmkd eval` scores: zero_shot) over base + novel names gives the run's embedding
+  head scored against the run's own class texts (with `vlmkd eval`'s calibrated-stacking gamma on the base
+  classes), and so does `predict RUN --classes`;
   its accuracy among all names is `vlmkd eval`'s calibrated generalized score;
 - with standardized calibration scores the export carries the held-out base images' statistics and predicts
   exactly what `vlmkd eval` scored.

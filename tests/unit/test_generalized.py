@@ -260,7 +260,7 @@ def test_auto_keeps_the_score_form_with_the_higher_held_out_objective():
     curve = accuracy_curve(standardize(calib), cy, 2, SIGNED_GRID)
     i = int(np.argmin(np.abs(SIGNED_GRID - res["gamma"])))
     assert res["scores"] == "standardized" and curve[: i + 1].min() >= floor > curve[i + 1]
-    with pytest.raises(ConfigError, match="calibration_scores=standardized needs image embeddings"):
+    with pytest.raises(ConfigError, match="calibration_scores=standardized needs 2 or more held-out image"):
         generalized_zero_shot(base, by, novel, ny, 2, calib, cy, CalibrationSpec(scores="standardized"))
 
 

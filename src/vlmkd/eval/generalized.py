@@ -10,7 +10,8 @@ argmax. Gamma is one scalar chosen on a grid (0 to 2 in cosine units, step 0.001
   of base accuracy on held-out base images (the `val` split, else the base training images) and novel accuracy on
   the K-shot support (K training images per novel class, drawn exactly as the K-shot evaluation draws them, same
   seed), among the gammas whose held-out base accuracy stays within `eval.calibration_max_base_drop` (0.05) of
-  the raw cosine scores (gamma = 0). It uses the labels of those K x N novel training images, the data few-shot adaptation is given anyway.
+  the raw cosine scores (gamma = 0). It uses the labels of those K x N novel training images, the data few-shot
+  adaptation is given anyway.
   Without the cap (`calibration_max_base_drop=null`) H alone decides, and on the demo's students it gave up 9-30
   base points with a 25-image support: too noisy to be a default.
 - "base_tolerance" (pure zero-shot: no novel-class label at all): the largest gamma for which the held-out base
@@ -52,7 +53,6 @@ GAMMA_GRID = np.round(np.arange(0.0, 2.0 + 1e-9, 0.001), 4)  # cosine gaps span 
 SIGNED_GRID = np.round(np.arange(-1.0, 1.0 + 1e-9, 0.001), 4)
 GRIDS = {"cosine": GAMMA_GRID, "standardized": SIGNED_GRID}
 GRID_TEXTS = {"cosine": "grid 0-2, step 0.001", "standardized": "grid -1 to 1, step 0.001"}
-GRID_TEXT = GRID_TEXTS["cosine"]
 RULES = ("support", "base_tolerance")
 SCORE_FORMS = ("auto", "cosine", "standardized")
 SCORE_NORM_FILE = "score_norm.safetensors"
@@ -182,8 +182,9 @@ class ScoreNorm:
         var = np.einsum("cd,de,ce->c", w, self.cov, w)
         return w @ self.mean, np.sqrt(np.maximum(var, 1e-12))
 
-    def apply(self, cos: np.ndarray, class_text: np.ndarray) -> np.ndarray:
-        mu, sd = self.stats(class_text)
+    def apply(self, cos: np.ndarray, class_text: np.ndarray | None = None, stats=None) -> np.ndarray:
+        """Standardized scores of `cos`'s columns: pass their class texts, or their `stats` computed once."""
+        mu, sd = self.stats(class_text) if stats is None else stats
         return ((np.asarray(cos, np.float64) - mu) / sd * self.scale).astype(np.float32)
 
     def save(self, path: str | Path) -> None:
@@ -230,19 +231,19 @@ class SeenCalibration:
 
     def apply(self, cos: np.ndarray, seen: np.ndarray | None, stats=None) -> np.ndarray:
         """Calibrated scores; `stats` = `self.stats(class_text)` of the columns (computed once by the caller)."""
-        out = np.array(cos, dtype=np.float32, copy=True)
         if self.norm is not None:
-            mu, sd = stats
-            out = ((out - mu) / sd * self.norm.scale).astype(np.float32)
+            out = self.norm.apply(cos, stats=stats)
+        else:
+            out = np.array(cos, dtype=np.float32, copy=True)
         if self.gamma and seen is not None:
             out[:, seen] -= np.float32(self.gamma)
         return out
 
     @classmethod
     def of_run(cls, run_dir: str | Path) -> SeenCalibration:
-        """The calibration recorded for a run folder (or an export folder: same files): by `vlmkd eval` or by
-        training with eval.generalized=true (calibration.json, score_norm.safetensors), else that of an older
-        run's summary.json (cosine); none (gamma 0, cosine) when it was never calibrated."""
+        """The calibration recorded for a run folder by `vlmkd eval` or by training with eval.generalized=true
+        (calibration.json, score_norm.safetensors), else that of an older run's summary.json (cosine); none
+        (gamma 0, cosine) when it was never calibrated."""
         from vlmkd.utils.io import read_json
 
         run_dir = Path(run_dir)
@@ -389,7 +390,8 @@ def generalized_zero_shot(
     if standardize is None:
         if spec.scores == "standardized":
             raise ConfigError(
-                "eval.calibration_scores=standardized needs image embeddings to standardise with"
+                "eval.calibration_scores=standardized needs 2 or more held-out image embeddings to standardise "
+                "with; use eval.calibration_scores=auto or cosine"
             )
         forms = ["cosine"]
     calib_labels = np.asarray(calib_labels)

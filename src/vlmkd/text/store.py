@@ -236,7 +236,8 @@ def rows_for_manifest(desc_store: Any, emb_store: EmbeddingStore, manifest: Any,
         )
     if emb_store.meta.get("source_key") != desc_store.key:
         raise ArtifactError(
-            f"embeddings in {str(emb_store.path)!r} are not of the descriptions {desc_store.key[:16]}; rerun `vlmkd embed`"
+            f"embeddings in {str(emb_store.path)!r} are not of the descriptions {desc_store.key[:16]}; "
+            "rerun `vlmkd embed`"
         )
     ids = [f"{s}#{k}" for s in manifest.ids for k in range(n)]
     return emb_store.rows(ids, missing="ignore").reshape(len(manifest), n)
