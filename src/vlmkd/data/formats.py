@@ -3,7 +3,7 @@
 Registered formats: image_folder, split_list (ImageNet-LT / Places-LT lists), ood_lists (the OOD-distillation
 paper's train / val_on_train / val lists, which also fix the base/novel split: it returns "train", "id", "ood",
 "ood_test" instead), inat2018 (json annotations), cifar10, cifar100 (python-pickle folders), fashion_mnist (IDX
-files), manifest (a saved vlmkd manifest).
+files), manifest (a saved vlmkd manifest), csv / tsv / jsonl (path,label[,split] tables: data/tables.py).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from vlmkd.data.arrays import (  # noqa: F401  (re-exported: older imports name 
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.ood_lists import ood_lists
 from vlmkd.data.paths import confined_path, is_image_file, read_class_names, require_dir
+from vlmkd.data.tables import read_tables
 from vlmkd.errors import DataError
 from vlmkd.registry import Registry
 
@@ -48,6 +49,9 @@ FORMATS.register("fashion_mnist", fashion_mnist)
 FORMATS.register("cifar10", lambda cfg: cifar(cfg, "cifar10"))
 FORMATS.register("cifar100", lambda cfg: cifar(cfg, "cifar100"))
 FORMATS.register("ood_lists", ood_lists)
+FORMATS.register("csv", lambda cfg: read_tables(cfg, "csv"))  # path,label[,split] tables: data/tables.py
+FORMATS.register("tsv", lambda cfg: read_tables(cfg, "tsv"))
+FORMATS.register("jsonl", lambda cfg: read_tables(cfg, "jsonl"))
 
 
 def read_split_list(list_path: str | Path, root: Path, split: str, class_names: list[str] | None) -> Manifest:
