@@ -10,6 +10,7 @@ from torchvision import transforms as T
 
 from vlmkd.config import DataConfig
 from vlmkd.data.formats import FORMAT_STATS, IMAGENET_STATS
+from vlmkd.data.views import ReplayablePipeline, identity_params
 from vlmkd.errors import ConfigError
 
 
@@ -64,7 +65,7 @@ class SmallImageTransform:
 
     accepts_arrays = True  # uint8 H x W (x 3) arrays from array-backed datasets skip PIL entirely
 
-    def __init__(self, cfg: DataConfig, train: bool, fallback: T.Compose):
+    def __init__(self, cfg: DataConfig, train: bool, fallback: ReplayablePipeline):
         mean, std = norm_stats(cfg)
         self.size, self.in_chans, self.fallback = cfg.image_size, cfg.in_chans, fallback
         self.train = train and cfg.augment == "basic"
@@ -72,27 +73,60 @@ class SmallImageTransform:
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
-    def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
+    def _array(self, img: Image.Image | np.ndarray) -> np.ndarray | None:
+        """The uint8 pixel array, or None when the image needs the PIL path (another size or colour mode)."""
         if isinstance(img, np.ndarray):
             channels = 1 if img.ndim == 2 else img.shape[2]
             if img.shape[:2] != (self.size, self.size) or channels != self.in_chans:
                 img = Image.fromarray(img)  # resize / colour conversion: the PIL path
         if isinstance(img, Image.Image):
             if img.size != (self.size, self.size):
-                return self.fallback(img)
+                return None
             mode = "L" if self.in_chans == 1 else "RGB"
             img = np.asarray(img.convert(mode) if img.mode != mode else img)
-        if self.train:  # numpy: torch's reflect pad costs milliseconds per call on a busy CPU
-            p, s = self.padding, self.size
-            img = np.pad(img, ((p, p), (p, p)) + ((0, 0),) * (img.ndim - 2), mode="reflect")
-            i = int(torch.randint(0, 2 * p + 1, (1,)))
-            j = int(torch.randint(0, 2 * p + 1, (1,)))
-            img = img[i : i + s, j : j + s]
-            if torch.rand(1) < 0.5:
-                img = img[:, ::-1]
+        return img
+
+    def draw(self, img: Image.Image | np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """(tensor, the view's parameters): the random draws of `__call__` (and of the PIL pipeline)."""
+        arr = self._array(img)
+        if arr is None:
+            return self.fallback.draw(_as_pil(img))
+        if not self.train:
+            return self._finish(arr), identity_params(self.size, self.size)
+        p, s = self.padding, self.size
+        params = identity_params(s, s)  # the crop box in the reflect-padded image
+        params[0] = int(torch.randint(0, 2 * p + 1, (1,)))
+        params[1] = int(torch.randint(0, 2 * p + 1, (1,)))
+        params[4] = int(torch.rand(1) < 0.5)
+        return self._apply(arr, params), params
+
+    def replay(self, img: Image.Image | np.ndarray, params) -> torch.Tensor:
+        """The view with the given parameters (from `draw`): no random draw."""
+        arr = self._array(img)
+        if arr is None:
+            return self.fallback.replay(_as_pil(img), params)
+        return self._apply(arr, np.asarray(params)) if self.train else self._finish(arr)
+
+    def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
+        return self.draw(img)[0]
+
+    def _apply(self, img: np.ndarray, params: np.ndarray) -> torch.Tensor:
+        # numpy: torch's reflect pad costs milliseconds per call on a busy CPU
+        p, s, i, j = self.padding, self.size, int(params[0]), int(params[1])
+        img = np.pad(img, ((p, p), (p, p)) + ((0, 0),) * (img.ndim - 2), mode="reflect")
+        img = img[i : i + s, j : j + s]
+        if params[4]:
+            img = img[:, ::-1]
+        return self._finish(img)
+
+    def _finish(self, img: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).div_(255.0)
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
         return (x - self.mean) / self.std
+
+
+def _as_pil(img: Image.Image | np.ndarray) -> Image.Image:
+    return img if isinstance(img, Image.Image) else Image.fromarray(img)
 
 
 def build_transform(cfg: DataConfig, train: bool):
@@ -111,29 +145,27 @@ def build_transform(cfg: DataConfig, train: bool):
 RESIZE_MODES = ("shorter", "squash")
 
 
-def _pil_transform(cfg: DataConfig, train: bool) -> T.Compose:
+def _pil_transform(cfg: DataConfig, train: bool) -> ReplayablePipeline:
+    """The PIL pipeline, replayable (`vlmkd.data.views`): the same ops and random draws as torchvision's
+    Resize / RandomCrop(reflect padding) / RandomResizedCrop / RandomHorizontalFlip / RandAugment(2, 9)."""
     mean, std = norm_stats(cfg)
     s = cfg.image_size
     ops = _channels(cfg)
     if cfg.resize_mode not in RESIZE_MODES:
         raise ConfigError(f"unknown data.resize_mode {cfg.resize_mode!r}; choose shorter or squash")
     if not train or cfg.augment == "none":
-        return T.Compose(ops + eval_ops(preprocess_config(cfg)))
+        return ReplayablePipeline(ops + eval_ops(preprocess_config(cfg)), None, False, False, [])
+    if cfg.augment not in ("basic", "randaugment"):
+        raise ConfigError(f"unknown data.augment {cfg.augment!r}; choose none, basic or randaugment")
     if cfg.resize_mode == "squash":  # every image to R x R first; crops then come from the squashed image
         ops.append(T.Resize((_eval_resize(cfg), _eval_resize(cfg))))
     if s <= 64:  # small images (MNIST/CIFAR scale): pad-and-crop, the standard recipe
-        ops += [
-            T.Resize(s),
-            T.RandomCrop(s, padding=max(1, s // 8), padding_mode="reflect"),
-            T.RandomHorizontalFlip(),
-        ]
+        ops.append(T.Resize(s))
+        crop = ("pad", s, max(1, s // 8))
     else:
-        ops += [T.RandomResizedCrop(s, scale=(0.08, 1.0)), T.RandomHorizontalFlip()]
-    if cfg.augment == "randaugment":
-        ops.append(T.RandAugment(num_ops=2, magnitude=9))
-    elif cfg.augment != "basic":
-        raise ConfigError(f"unknown data.augment {cfg.augment!r}; choose none, basic or randaugment")
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+        crop = ("rrc", s, (0.08, 1.0), (3 / 4, 4 / 3))
+    post = [T.ToTensor(), T.Normalize(mean, std)]
+    return ReplayablePipeline(ops, crop, True, cfg.augment == "randaugment", post)
 
 
 INTERPOLATIONS = {
