@@ -38,11 +38,21 @@ def stats(args: argparse.Namespace) -> int:
     from vlmkd.data.longtail import bucket_of_counts
 
     cfg = load_config(args.config, args.overrides)
-    ms = build_manifests(cfg.data)
+    ms = build_manifests(cfg.data, every_class_trained=False)  # reports a class without images; train refuses
     bad = unreadable_files(ms, cfg.data.max_image_pixels or None, decode=args.decode)
     train = ms["train"]
     counts = np.bincount(train.labels[_readable(train, bad)], minlength=train.num_classes)
     buckets = bucket_of_counts(counts, cfg.data.many_threshold, cfg.data.few_threshold)
+    if (counts == 0).any():
+        from vlmkd.utils.logging import log
+
+        empty = [train.class_names[c] for c in np.nonzero(counts == 0)[0]]
+        log.warning(
+            "data stats: %d classes have no readable training image (%s); train refuses a class without "
+            "images: add images, remove the class, or hold it out as novel (data.split.novel_classes)",
+            len(empty),
+            ", ".join(map(repr, empty[:5])),
+        )
     info = {
         "format": cfg.data.format,
         "splits": {k: int(_readable(v, bad).sum()) for k, v in ms.items()},

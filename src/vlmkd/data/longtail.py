@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 import numpy as np
 
 from vlmkd.config import LongTailConfig, SplitConfig
@@ -92,6 +95,40 @@ def stratified_holdout(
     held_idx = np.sort(np.concatenate(held)) if held else np.array([], dtype=np.int64)
     rest = np.setdiff1d(np.arange(len(manifest)), held_idx)
     return manifest.subset(rest), manifest.subset(held_idx, split_name)
+
+
+def key_fraction(ids: Sequence[str], seed: int) -> np.ndarray:
+    """A number in [0, 1) per sample id, fixed by the id and the seed alone (the first 8 bytes of a blake2b)."""
+    salt = f"vlmkd-holdout:{seed}:".encode()
+    out = np.empty(len(ids), dtype=np.float64)
+    for i, sid in enumerate(ids):
+        out[i] = int.from_bytes(hashlib.blake2b(salt + str(sid).encode(), digest_size=8).digest(), "big")
+    return out / 2.0**64
+
+
+def hashed_holdout(
+    manifest: Manifest, fraction: float, seed: int, split_name: str
+) -> tuple[Manifest, Manifest]:
+    """Split off about `fraction` of the samples by a hash of each sample's own id (not its position in a list).
+
+    An image is held out when hash(seed, id) < fraction, so adding or removing images never moves another image
+    between the two sides (the descriptions and teacher outputs computed for it stay valid, and model selection
+    keeps its validation images). Each class keeps at least one image in the rest: when every image of a class
+    hashes under `fraction`, the one with the largest hash stays (the only case in which membership depends on
+    the other images of the class).
+    """
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    u = key_fraction(manifest.ids, seed)
+    held = u < fraction
+    total = np.bincount(manifest.labels, minlength=manifest.num_classes)
+    every = np.nonzero(
+        (np.bincount(manifest.labels[held], minlength=manifest.num_classes) == total) & (total > 0)
+    )
+    for c in every[0]:
+        members = np.nonzero(manifest.labels == c)[0]
+        held[members[np.argmax(u[members])]] = False
+    return manifest.subset(np.nonzero(~held)[0]), manifest.subset(np.nonzero(held)[0], split_name)
 
 
 def bucket_of_counts(counts: np.ndarray, many_threshold: int = 100, few_threshold: int = 20) -> list[str]:
