@@ -26,12 +26,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from vlmkd.config import load_config
-    from vlmkd.engine.trainer import Trainer
+    from vlmkd.compose import build_run
 
     cfg = load_config(args.config, [*args.overrides, "train.tensorboard=false", "eval.every=0"])
-    t = Trainer(cfg, "/tmp/vlmkd-bench-data")
-    t.sampler.set_epoch(0)
-    it = iter(t.loader)
+    t = build_run(cfg, "/tmp/vlmkd-bench-data").trainer
+    t.data.sampler.set_epoch(0)
+    it = iter(t._loader_from(0))
     next(it)  # warm-up (worker start)
     start = time.perf_counter()
     batches = [next(it) for _ in range(args.batches)]

@@ -79,11 +79,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vlmkd {args.command}: error: file not found: {e.filename}; check the path", file=sys.stderr)
         return 2
-
-
-def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """The common `CONFIG [key=value ...]` positional arguments."""
-    p.add_argument("config", nargs=None if required else "?", help="YAML recipe (see configs/)")
-    p.add_argument(
-        "overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 losses.cls.name=balanced_softmax"
-    )

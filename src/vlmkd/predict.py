@@ -150,7 +150,7 @@ def _export_classes(info: dict[str, Any], class_text: np.ndarray, classes: list[
 
 
 def _from_run(path: Path, device: str, classes: list[str] | None = None) -> Predictor:
-    from vlmkd.engine.checkpoint import load_student
+    from vlmkd.students.io import load_student
     from vlmkd.export import preprocess_record
     from vlmkd.export.formats import TorchRuntime, output_names
 

@@ -22,7 +22,7 @@ from test_train import tiny_config, torchrun_train  # noqa: E402
 from conftest import make_image_folder  # noqa: E402
 from vlmkd.config import load_config  # noqa: E402
 from vlmkd.engine.checkpoint import unwrap  # noqa: E402
-from vlmkd.engine.trainer import Trainer  # noqa: E402
+from vlmkd.compose import TrainingRun, build_run  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -43,9 +43,9 @@ def cuda_config(tmp_path: Path, data: Path, **train) -> Path:
 
 def fit(
     tmp_path: Path, data: Path, name: str, **train
-) -> tuple[Trainer, dict[str, torch.Tensor], list[float]]:
+) -> tuple[TrainingRun, dict[str, torch.Tensor], list[float]]:
     (tmp_path / name).mkdir()
-    t = Trainer(load_config(cuda_config(tmp_path / name, data, **train)), tmp_path / name / "run")
+    t = build_run(load_config(cuda_config(tmp_path / name, data, **train)), tmp_path / name / "run")
     t.fit()
     run = tmp_path / name / "run"
     losses = [

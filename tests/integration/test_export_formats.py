@@ -35,7 +35,7 @@ def make_run(run: Path, head: str = "both", name: str = "cnn_tiny", seed: int = 
         "embed_dim": 8,
         "proj_type": "linear",
     }
-    s = create_student(name, 3, 3, head, 8)
+    s = create_student(name, num_classes=3, in_chans=3, head=head, embed_dim=8)
     for m in s.modules():  # non-trivial BatchNorm statistics, so eval-mode folding is exercised
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from conftest import make_image_folder
 from vlmkd.cli import main
 from vlmkd.config import load_config
-from vlmkd.engine.trainer import Trainer
+from vlmkd.compose import build_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,8 +78,9 @@ def test_train_cli_writes_run_folder(tmp_path, data16):
 
 def crash_and_resume(tmp_path: Path, cfg, crash_at_step: int) -> None:
     """Train uninterrupted into full/, and into cut/ with a crash at `crash_at_step` then a resume; compare."""
-    Trainer(cfg, tmp_path / "full").fit()
-    t = Trainer(cfg, tmp_path / "cut")
+    build_run(cfg, tmp_path / "full").fit()
+    run = build_run(cfg, tmp_path / "cut")
+    t = run.trainer
     calls = {"n": 0}
     real_step = t._step
 
@@ -91,8 +92,8 @@ def crash_and_resume(tmp_path: Path, cfg, crash_at_step: int) -> None:
 
     t._step = crashing_step
     with pytest.raises(KeyboardInterrupt):
-        t.fit()
-    Trainer(cfg, tmp_path / "cut", resume=True).fit()
+        run.fit()
+    build_run(cfg, tmp_path / "cut", resume=True).fit()
     a, b = (
         load_file(tmp_path / "full" / "student.safetensors"),
         load_file(tmp_path / "cut" / "student.safetensors"),
@@ -132,7 +133,7 @@ def test_resume_mid_epoch_with_cpu_randomness_matches_uninterrupted(tmp_path, da
 
 def test_select_on_val_exports_the_best_epoch(tmp_path, data16, monkeypatch):
     """Scripted val scores 0.5, 0.9, 0.3: the exported student is the epoch-2 one, not the last."""
-    import vlmkd.eval.evaluate as evaluate
+    import vlmkd.compose.train as evaluate  # the evaluator the composition root hands the loop
 
     cfg = load_config(tiny_config(tmp_path, data16, data={"val_fraction": 0.25}))
     real, scores, snapshots = evaluate.evaluate_split, [0.5, 0.9, 0.3], []
@@ -145,7 +146,7 @@ def test_select_on_val_exports_the_best_epoch(tmp_path, data16, monkeypatch):
         return m
 
     monkeypatch.setattr(evaluate, "evaluate_split", scripted)
-    summary = Trainer(cfg, tmp_path / "sel").fit()
+    summary = build_run(cfg, tmp_path / "sel").fit()
     assert summary["selected"] == {"split": "val", "epoch": 1, "mean_per_class": 0.9}
     exported = load_file(tmp_path / "sel" / "student.safetensors")
     assert any(not torch.equal(snapshots[1][k], snapshots[2][k]) for k in exported)

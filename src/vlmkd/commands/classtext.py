@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vlmkd.cli import add_config_args
+from vlmkd.commands._args import add_config_args
 from vlmkd.commands._shards import add_shard_args
 
 

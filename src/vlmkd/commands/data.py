@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from vlmkd.cli import add_config_args
+from vlmkd.commands._args import add_config_args
 
 if TYPE_CHECKING:  # the CLI imports every command at start-up: data modules load only when one runs
     import numpy as np

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from vlmkd.cli import add_config_args
+from vlmkd.commands._args import add_config_args
 
 log = logging.getLogger("vlmkd")
 

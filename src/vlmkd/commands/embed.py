@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vlmkd.cli import add_config_args
+from vlmkd.commands._args import add_config_args
 from vlmkd.commands._shards import MERGE_HINT, add_shard_args, start_workers
 
 

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vlmkd.config import load_config
     from vlmkd.data import build_manifests
-    from vlmkd.engine.checkpoint import load_student
+    from vlmkd.students.io import load_student
     from vlmkd.errors import ArtifactError
     from vlmkd.eval.evaluate import evaluate_run
     from vlmkd.tasks.build import EvalSpec

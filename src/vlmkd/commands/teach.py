@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from vlmkd.cli import add_config_args
+from vlmkd.commands._args import add_config_args
 from vlmkd.commands._shards import MERGE_HINT, add_shard_args, start_workers
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "teach",
-        help="cache the CLIP teacher's image features (clean or K augmented views); resumable, content-keyed",
+        help="cache the CLIP teacher's image features (clean, K augmented views, or K replayed views of the "
+        "student's own augmentation with their parameters); resumable, content-keyed",
     )
     add_config_args(p)
     p.add_argument("--splits", default="train", help="comma-separated manifest splits (default: train)")
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         feats = teacher_features(
             teacher, manifests[name], cfg.clip, device, cfg.data, shard=args.shard, merge=merge
         )
-        folder = cache_folder(teacher, manifests[name], cfg.clip)
+        folder = cache_folder(teacher, manifests[name], cfg.clip, cfg.data)
         if feats is None:
             print(
                 f"{name}: shards of process {split.rank}/{split.world} written -> {folder} (merge: {MERGE_HINT})"

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vlmkd.cli import add_config_args
+from vlmkd.commands._args import add_config_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:

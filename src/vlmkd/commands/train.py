@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from vlmkd.cli import add_config_args
+from vlmkd.commands._args import add_config_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlmkd.engine.trainer import make_run_dir, train
+    from vlmkd.compose.train import make_run_dir, train
     from vlmkd.utils.dist import cleanup
     from vlmkd.utils.provenance import expect, warn_if_moved
 

@@ -63,6 +63,9 @@ class TrainConfig:
     gather: bool = True
     # with gather: each rank scores only its own rows against all columns (same gradient, less memory)
     local_loss: bool = False
+    # bound on every collective under torchrun (a rank waiting while another builds an artifact or checkpoints);
+    # a dead rank then fails the job after this long instead of hanging it
+    dist_timeout_min: float = 60.0
 
 
 @dataclass

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import yaml
 
+from vlmkd.compose.train import build_run
 from vlmkd.config import ClassTextConfig, Config, load_config
 from vlmkd.data import build_manifests
 from vlmkd.demo.methods import LONGTAIL_METHODS, OOD_METHODS, PLAIN_TEXT_METHODS
@@ -196,11 +197,9 @@ class Demo:
 
     # ---------------------------------------------------------------------------------------------- students
     def train(self, name: str, overrides: list[str], seed: int):
-        from vlmkd.engine.trainer import Trainer
-
         cfg = self.config(*overrides, f"train.seed={seed}", f"train.name={name}-s{seed}")
-        trainer = Trainer(cfg, Path(cfg.train.output_dir) / cfg.train.name)
-        return trainer, trainer.fit()
+        run = build_run(cfg, Path(cfg.train.output_dir) / cfg.train.name)
+        return run, run.fit()
 
     def few_shot(self, trainer: Any, seed: int) -> dict[str, Any]:
         """N-shot accuracy of a trained embedding student on the novel classes (the paper's fine-tune protocol)."""

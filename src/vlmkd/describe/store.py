@@ -30,7 +30,7 @@ import numpy as np
 
 from vlmkd.describe.keys import MISSING, _arrow_keys, _fixed
 from vlmkd.errors import ArtifactError
-from vlmkd.utils.io import atomic_path, read_json, write_json
+from vlmkd.utils.io import POINTER, atomic_path, read_json, resolve_store, write_json
 
 ROW_COLUMNS = [
     "image_key",
@@ -48,7 +48,6 @@ ROW_COLUMNS = [
     "identical",
 ]
 MERGED = "descriptions.parquet"
-POINTER = "LATEST"
 _RANK = {"ok": 0, "skipped": 1, "failed": 2}
 _COMPACT_PARTS = 256
 
@@ -246,21 +245,6 @@ def status_codes(col) -> np.ndarray:
 
 def set_pointer(parent: Path, key: str) -> None:
     write_json(parent / POINTER, {"key": key, "folder": key[:16]})
-
-
-def resolve_store(path: str | Path, marker: str = "meta.json") -> Path:
-    """A keyed store folder, or a parent holding a LATEST pointer (followed), or a folder with `embeddings/`."""
-    p = Path(path)
-    for _ in range(4):
-        if (p / marker).is_file():
-            return p
-        if (p / POINTER).is_file():
-            p = p / read_json(p / POINTER)["folder"]
-        elif (p / "embeddings").is_dir():
-            p = p / "embeddings"
-        else:
-            break
-    raise ArtifactError(f"{str(path)!r} is not a vlmkd store (no {marker} or LATEST); run the stage first")
 
 
 class DescriptionStore:

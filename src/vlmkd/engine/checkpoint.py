@@ -1,17 +1,15 @@
-"""Training checkpoints (`.pt`, always loaded with weights_only=True) and student-only safetensors exports."""
+"""Training checkpoints: the RNG state a resumed run restores (file I/O in vlmkd.utils.checkpoint_io)."""
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from vlmkd.errors import ArtifactError
-from vlmkd.utils.io import atomic_path, read_json, write_json
+from vlmkd.students.io import export_student, load_student
+from vlmkd.utils.checkpoint_io import load_checkpoint, save_checkpoint, unwrap
 
 
 def rng_state() -> dict[str, Any]:
@@ -38,65 +36,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ArtifactError(f"checkpoint {str(p)!r} not found")
-    try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ArtifactError(
-            f"checkpoint {str(p)!r} cannot be loaded safely ({type(e).__name__}: {e})"
-        ) from None
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def export_student(
-    run_dir: str | Path, student: torch.nn.Module, spec: dict[str, Any], extra: dict[str, Any]
-) -> Path:
-    """student.safetensors + student.json (architecture spec, class names, preprocessing, ...)."""
-    run_dir = Path(run_dir)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(student).state_dict().items()}
-    with atomic_path(run_dir / "student.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    write_json(run_dir / "student.json", {"spec": spec, **extra})
-    return run_dir / "student.safetensors"
-
-
-def load_student(path: str | Path, device: str | torch.device = "cpu"):
-    """A student from a run folder, a student.safetensors file, or a training checkpoint in a run folder.
-
-    Returns (student in eval mode, metadata dict from student.json).
-    """
-    from vlmkd.students import student_from_spec
-
-    p = Path(path)
-    run_dir = p if p.is_dir() else p.parent
-    if p.suffix == ".pt" and p.parent.name == "checkpoints":  # RUN/checkpoints/last.pt
-        run_dir = p.parent.parent
-    meta_path = run_dir / "student.json"
-    if not meta_path.is_file():
-        raise ArtifactError(
-            f"{str(run_dir)!r} has no student.json; give a vlmkd run folder or its student.safetensors"
-        )
-    meta = read_json(meta_path)
-    student = student_from_spec(meta["spec"])
-    if p.suffix == ".pt":
-        state = load_checkpoint(p)["student"]
-    else:
-        wpath = p if p.suffix == ".safetensors" else run_dir / "student.safetensors"
-        if not wpath.is_file():
-            raise ArtifactError(
-                f"{str(wpath)!r} not found; train the run to the end or point at a checkpoint .pt"
-            )
-        state = load_file(str(wpath))
-    student.load_state_dict(state)
-    return student.to(device).eval(), meta
+# file I/O and the student's shipped form live below the engine (teachers, eval and export read them too)
+__all__ = [
+    "export_student",
+    "load_checkpoint",
+    "load_student",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "unwrap",
+]

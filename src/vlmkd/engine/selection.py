@@ -1,4 +1,4 @@
-"""Model selection: keep the student of the epoch that scored best on `eval.select_on`, never on the test split.
+"""Model selection: keep the trainable state (student, learned prompts, loss parameters) of the epoch that scored best on `eval.select_on`, never on the test split.
 
 Selecting on the split that is then reported gives an optimistic number, so `test` (and the novel-class `ood*`
 splits of the OOD protocol) are refused. The best weights go to `checkpoints/best.pt` when they improve, so a
@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from vlmkd.engine.checkpoint import load_checkpoint, save_checkpoint
 from vlmkd.errors import ConfigError
+from vlmkd.utils.checkpoint_io import load_checkpoint, save_checkpoint
 
 METRIC = "mean_per_class"  # equals accuracy on a balanced split; robust to an imbalanced one
 
@@ -27,8 +27,9 @@ def check_select_on(split: str) -> None:
 
 
 class BestCheckpoint:
-    def __init__(self, path: str | Path, split: str):
-        self.path, self.split = Path(path), split
+    def __init__(self, path: str | Path, split: str, write: bool = True):
+        # every rank keeps the score (it is part of the checkpoint); only the writing rank saves the weights
+        self.path, self.split, self.write = Path(path), split, write
         self.epoch: int | None = None
         self.score = float("-inf")
 
@@ -41,8 +42,11 @@ class BestCheckpoint:
         if split != self.split or score is None or score <= self.score:
             return  # ties keep the earlier epoch
         self.epoch, self.score = epoch, float(score)
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        save_checkpoint(self.path, {"student": state, "epoch": epoch, METRIC: self.score})
+        if (
+            self.write
+        ):  # the whole trainable state: the student with the prompts and loss parameters it scored with
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            save_checkpoint(self.path, {"state": state, "epoch": epoch, METRIC: self.score})
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "score": self.score}
@@ -55,5 +59,5 @@ class BestCheckpoint:
         """Load the best weights into `model`; returns what was selected, for the summary."""
         if self.epoch is None or not self.path.is_file():
             return {"split": None, "epoch": None, "reason": f"no {self.split!r} split scored: last model"}
-        model.load_state_dict(load_checkpoint(self.path)["student"])
+        model.load_state_dict(load_checkpoint(self.path)["state"])
         return {"split": self.split, "epoch": self.epoch, METRIC: self.score}

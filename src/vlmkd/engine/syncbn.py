@@ -50,6 +50,10 @@ def convert_cpu_sync_batchnorm(module: nn.Module) -> nn.Module:
             module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
         )
         new.load_state_dict(module.state_dict())
+        if (
+            module.affine
+        ):  # the same Parameter objects: an optimizer built before the conversion still owns them
+            new.weight, new.bias = module.weight, module.bias
         return new
     for name, child in module.named_children():
         setattr(module, name, convert_cpu_sync_batchnorm(child))

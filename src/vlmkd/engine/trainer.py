@@ -1,159 +1,177 @@
-"""The training loop: one process or many (torchrun, DDP), AMP on CUDA, exact resume, JSON-lines logs."""
+"""The training loop: one process or many (torchrun, DDP), AMP on CUDA, exact resume, JSON-lines logs.
+
+The loop receives a built run (the composition root, `vlmkd.compose`, builds it): a task module whose forward returns
+`{"loss", "loss/<term>", ...}`, the one trainable module inside it (`state`: student, loss parameters, learned
+prompts), the training data, optimizer and schedule, and an evaluator. It builds nothing itself, so it imports
+nothing from tasks, eval, text, describe or teachers.
+
+What it guarantees: DDP wraps the task whole, so every parameter of `state` is averaged across ranks; the
+checkpoint, the EMA, best-epoch selection and what `fit` hands back all hold `state` whole.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
-from vlmkd.config import Config, save_config
-from vlmkd.data import build_manifests
-from vlmkd.data.dataset import ManifestDataset, collate_skip
-from vlmkd.data.samplers import build_sampler, worker_init
-from vlmkd.data.transforms import build_transform, preprocess_config
-from vlmkd.engine.checkpoint import (
-    export_student,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    unwrap,
-)
-from vlmkd.engine.optim import build_optimizer, build_scheduler
-from vlmkd.engine.selection import BestCheckpoint, check_select_on
+from vlmkd.config import TrainConfig
+from vlmkd.engine.checkpoint import rng_state, set_rng_state
+from vlmkd.engine.ema import build_ema
+from vlmkd.engine.selection import BestCheckpoint
+from vlmkd.engine.syncbn import convert_cpu_sync_batchnorm
 from vlmkd.errors import ConfigError
-from vlmkd.utils.device import resolve_device
-from vlmkd.utils.dist import all_reduce_sum, barrier, init_distributed
+from vlmkd.utils.checkpoint_io import load_checkpoint, save_checkpoint
+from vlmkd.utils.dist import DistInfo, all_gather_objects, barrier, broadcast_module
 from vlmkd.utils.logging import MetricsLogger, log
 from vlmkd.utils.progress import progress
 
+# (state to evaluate, split) -> metrics, on every rank (the evaluator shards the images and combines the counts);
+# None when the split cannot be scored by this run
+Evaluator = Callable[[nn.Module, str], "dict[str, Any] | None"]
 
-def make_run_dir(cfg: Config, stem: str = "run") -> Path:
-    name = cfg.train.name or f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(cfg.train.output_dir) / name
+
+@dataclass
+class TrainData:
+    """The training set as the loop reads it: a dataset with `set_epoch`, an epoch-seeded DDP-aware sampler
+    (this rank's share), and how to batch it."""
+
+    dataset: Any
+    sampler: Any
+    batch_size: int  # per process
+    num_workers: int = 0
+    collate_fn: Callable | None = None
+    worker_init_fn: Callable | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler) // self.batch_size  # drop_last: every rank takes the same number of steps
+
+
+@dataclass
+class FitResult:
+    """What the loop hands back: the state to ship (best epoch restored, EMA when enabled) and the record."""
+
+    model: nn.Module
+    selected: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_s: float = 0.0
+    steps: int = 0
+    skipped_images: int = 0
+    skipped_files: list[str] = field(default_factory=list)
 
 
 class Trainer:
-    """Builds data, task, optimizer from a Config; `fit()` trains, evaluates and writes the run folder."""
+    """Runs a built task: `fit()` trains, evaluates on `eval_splits` every `eval_every` epochs, selects the best
+    epoch on `select_on`, and returns the selected state."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
-        self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
-        check_select_on(cfg.eval.select_on)
-        self.info = init_distributed(cfg.train.device)
-        self.device = resolve_device(cfg.train.device, self.info.local_rank)
-        torch.manual_seed(cfg.train.seed)  # identical init on every rank
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        self.manifests = build_manifests(cfg.data)
-        from vlmkd.tasks.build import build_task
-        from vlmkd.utils import provenance
-
-        provenance.start_run()  # artifacts.json names what this run's build_task reads
-
-        self.task, extras, self.eval_spec = build_task(cfg, self.manifests, self.device)
-        self.task.to(self.device)
-        self._build_loader(extras)
-        self._wrap_model()
-        params = self.task.trainable_parameters()
-        self.optimizer = build_optimizer(params, cfg.optim)
-        self.steps_per_epoch = len(self.loader)
-        self.total_steps = self.steps_per_epoch * cfg.train.epochs
-        if cfg.train.max_steps:
-            self.total_steps = min(self.total_steps, cfg.train.max_steps)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.total_steps, self.steps_per_epoch)
-        self.ema = None
-        if cfg.train.ema_decay > 0:
-            from vlmkd.engine.ema import build_ema
-
-            self.ema = build_ema(unwrap(self.task.student), cfg.train.ema_decay)
+    def __init__(
+        self,
+        task: nn.Module,
+        state: nn.Module,
+        data: TrainData,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        *,
+        train_cfg: TrainConfig,
+        run_dir: str | Path,
+        info: DistInfo,
+        device: torch.device,
+        evaluator: Evaluator | None = None,
+        eval_splits: list[str] | None = None,
+        eval_every: int = 0,
+        select_on: str = "val",
+        grad_clip: float = 0.0,
+        total_steps: int | None = None,
+        resume: bool = False,
+    ):
+        self.task, self.state, self.data = task, state, data
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.cfg, self.run_dir, self.info, self.device = train_cfg, Path(run_dir), info, device
+        self.evaluator, self.eval_splits = evaluator, list(eval_splits or [])
+        self.eval_every, self.grad_clip, self.resume = eval_every, grad_clip, resume
+        self.steps_per_epoch = data.steps_per_epoch
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"the training set ({len(data.dataset)} images) is smaller than one batch; lower data.batch_size"
+            )
+        self.total_steps = total_steps or self.steps_per_epoch * train_cfg.epochs
+        self.model = self._wrap(task)
+        self.ema = build_ema(state, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
         self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
-        self.best = BestCheckpoint(self.run_dir / "checkpoints" / "best.pt", cfg.eval.select_on)
-        self.logger = MetricsLogger(self.run_dir, cfg.train.tensorboard, cfg.train.wandb_project)
+        self.best = BestCheckpoint(self.run_dir / "checkpoints" / "best.pt", select_on, write=info.is_main)
+        self.logger = MetricsLogger(self.run_dir, train_cfg.tensorboard, train_cfg.wandb_project)
         self.skipped = 0
         self.skipped_files: set[str] = set()  # unreadable files this rank replaced, named in summary.json
-
-    # ------------------------------------------------------------------------------------------------ setup
-    def _build_loader(self, extras: dict[str, Any]) -> None:
-        cfg, info = self.cfg, self.info
-        if cfg.data.batch_size % info.world_size:
-            raise ConfigError(
-                f"data.batch_size={cfg.data.batch_size} must be divisible by the {info.world_size} processes"
-            )
-        train = self.manifests["train"]
-        self.dataset = ManifestDataset(
-            train, build_transform(cfg.data, train=True), extras, cfg.data.on_bad_image, replace_bad=True
-        )
-        self.dataset.seed = cfg.train.seed
-        self.sampler = build_sampler(
-            cfg.data.sampler, train.labels, info.world_size, info.rank, cfg.train.seed
-        )
-        per_rank = cfg.data.batch_size // info.world_size
-        if len(self.sampler) < per_rank:
-            raise ConfigError(
-                f"the training set ({len(train)} images) is smaller than one batch; lower data.batch_size"
-            )
         # The loader draws its workers' base seed from this generator, re-seeded per epoch, instead of from the
         # global CPU RNG: otherwise a mid-epoch resume (a fresh loader iterator) would shift the RNG stream
-        # that dropout and sampled descriptions draw from, and the resumed run would diverge.
+        # that dropout draws from, and the resumed run would diverge.
         self.loader_gen = torch.Generator()
-        self.loader = self._loader(self.sampler)
 
-    def _wrap_model(self) -> None:
-        student = self.task.student
-        if self.device.type == "cuda" and self.cfg.train.channels_last:
+    # ------------------------------------------------------------------------------------------------ setup
+    def _wrap(self, task: nn.Module) -> nn.Module:
+        student = self.state.student
+        if self.device.type == "cuda" and self.cfg.channels_last:
             student.to(memory_format=torch.channels_last)
-        if self.info.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+        if not self.info.enabled:
+            return task
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-            # BN statistics over the global batch, so N processes train what one process would
-            if self.device.type == "cuda":
-                student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
-            else:
-                from vlmkd.engine.syncbn import convert_cpu_sync_batchnorm
-
-                student = convert_cpu_sync_batchnorm(student)
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.task.student = DDP(student, device_ids=ids)
-
-    def _loss_params(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.task.loss_modules.parameters() if p.requires_grad]
+        # BN statistics over the global batch, so N processes train what one process would
+        if self.device.type == "cuda":
+            self.state.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        else:
+            self.state.student = convert_cpu_sync_batchnorm(student)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # the whole task: student, loss parameters and CoOp context are all averaged across ranks
+        return DDP(task, device_ids=ids)
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
+        rngs = all_gather_objects(rng_state())  # dropout draws differ per rank: each rank resumes its own
         return {
-            "student": unwrap(self.task.student).state_dict(),
-            "losses": self.task.loss_modules.state_dict(),
+            "state": self.state.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
-            "rng": rng_state(),
+            "rng": rngs[0],
+            "rng_per_rank": rngs,
             "history": self.history,
             "best": self.best.state_dict(),
         }
 
     def save(self) -> None:
+        state = self.state_dict()  # a collective: every rank takes part
         if self.info.is_main:
-            save_checkpoint(self.run_dir / "checkpoints" / "last.pt", self.state_dict())
+            save_checkpoint(self.run_dir / "checkpoints" / "last.pt", state)
         barrier()
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
-        unwrap(self.task.student).load_state_dict(state["student"])
-        self.task.loss_modules.load_state_dict(state["losses"])
+        if "state" not in state:
+            raise ConfigError(
+                f"{path} was written by an older vlmkd (no trainable state); retrain without --resume"
+            )
+        self.state.load_state_dict(state["state"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.global_step, self.history = state["global_step"], list(state["history"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or []
+        same_world = len(per_rank) == self.info.world_size
+        set_rng_state(per_rank[self.info.rank] if same_world else state["rng"])
         self.best.load_state_dict(state.get("best"))
         log.info(
             "resumed from %s at epoch %d, batch %d (step %d)",
@@ -168,27 +186,23 @@ class Trainer:
         batch = {
             k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
         }
-        if self.device.type == "cuda" and self.cfg.train.channels_last:
+        if self.device.type == "cuda" and self.cfg.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        use_amp = self.cfg.train.amp and self.device.type == "cuda"
+        use_amp = self.cfg.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = self.task(batch)
+            out = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
-        if self.info.enabled:  # loss parameters (e.g. learnable temperatures) live outside DDP
-            for p in self._loss_params():
-                if p.grad is not None:
-                    all_reduce_sum(p.grad).div_(self.info.world_size)
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.task.trainable_parameters(), self.cfg.optim.grad_clip)
+        if self.grad_clip > 0:
+            params = [p for p in self.state.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update_parameters(unwrap(self.task.student))
+            self.ema.update_parameters(self.state)
         return out
 
-    def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
+    def fit(self) -> FitResult:
         ckpt = self.run_dir / "checkpoints" / "last.pt"
         if self.resume:
             if not ckpt.is_file():
@@ -197,26 +211,21 @@ class Trainer:
         elif self.info.is_main:
             self.best.reset()
         self.logger.rewind(self.global_step)  # a restart or resume rewrites what came after; no duplicates
-        if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-            for split, m in self.manifests.items():
-                m.save(self.run_dir / "manifests" / f"{split}.json")
         done = self.global_step >= self.total_steps
         t0 = time.time()
-        while self.epoch < cfg.train.epochs and not done:
-            self.sampler.set_epoch(self.epoch)
-            self.dataset.set_epoch(self.epoch)
-            self.loader_gen.manual_seed(cfg.train.seed * 1_000_003 + self.epoch)
+        epochs, seed = self.cfg.epochs, self.cfg.seed
+        while self.epoch < epochs and not done:
+            self.data.sampler.set_epoch(self.epoch)
+            self.data.dataset.set_epoch(self.epoch)
+            self.loader_gen.manual_seed(seed * 1_000_003 + self.epoch)
             self.task.train()
             bar = progress(
                 total=self.steps_per_epoch,
                 initial=self.batch_in_epoch,
-                desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+                desc=f"epoch {self.epoch + 1}/{epochs}",
                 unit="step",
             )
-            it = iter(self._loader_from(self.batch_in_epoch))
-            for batch in it:
+            for batch in self._loader_from(self.batch_in_epoch):
                 self.skipped += int(batch.pop("skipped", 0))
                 self.skipped_files.update(batch.pop("skipped_files", ()))
                 if "image" not in batch:
@@ -225,12 +234,12 @@ class Trainer:
                 self.batch_in_epoch += 1
                 self.global_step += 1
                 bar.update(1)
-                if self.global_step % cfg.train.log_every == 0 or self.global_step == 1:
+                if self.global_step % self.cfg.log_every == 0 or self.global_step == 1:
                     rec = {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}
                     rec.update(epoch=self.epoch, lr=self.optimizer.param_groups[0]["lr"])
                     self.logger.log(rec, step=self.global_step)
                     bar.set_postfix(loss=f"{rec['loss']:.3f}")
-                if cfg.train.checkpoint_every and self.global_step % cfg.train.checkpoint_every == 0:
+                if self.cfg.checkpoint_every and self.global_step % self.cfg.checkpoint_every == 0:
                     self.save()
                 if self.global_step >= self.total_steps:
                     done = True
@@ -241,110 +250,64 @@ class Trainer:
                 if self.batch_in_epoch >= self.steps_per_epoch:
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                if cfg.eval.every and (finished_epoch + 1) % cfg.eval.every == 0:
+                if self.eval_every and (finished_epoch + 1) % self.eval_every == 0:
                     self._evaluate_epoch(finished_epoch)
                 self.save()
-        train_time = time.time() - t0
+        train_s = time.time() - t0
         if self.skipped:
             log.warning(
                 "replaced %d reads of unreadable images (data.on_bad_image=skip): %s",
                 self.skipped,
                 ", ".join(sorted(self.skipped_files)),
             )
-        summary = self._finish(train_time)
+        model = self.eval_model()
+        selected = self.best.restore(model) if self.info.is_main else {}
+        broadcast_module(model)  # the final evaluation is sharded: every rank must hold the selected state
+        selected = all_gather_objects(selected)[0]
         self.logger.close()
-        return summary
+        return FitResult(
+            model,
+            selected,
+            self.history,
+            round(train_s, 2),
+            self.global_step,
+            self.skipped,
+            sorted(self.skipped_files),
+        )
 
-    def _loader_from(self, batch_in_epoch: int):
+    def _loader_from(self, batch_in_epoch: int) -> DataLoader:
         """The epoch's loader, starting after `batch_in_epoch` batches (mid-epoch resume, nothing re-read)."""
-        if batch_in_epoch == 0:
-            return self.loader
-        return self._loader(list(iter(self.sampler))[batch_in_epoch * self.loader.batch_size :])
-
-    def _loader(self, sampler) -> DataLoader:
+        sampler = self.data.sampler
+        if batch_in_epoch:
+            sampler = list(iter(sampler))[batch_in_epoch * self.data.batch_size :]
         return DataLoader(
-            self.dataset,
-            batch_size=self.cfg.data.batch_size // self.info.world_size,
+            self.data.dataset,
+            batch_size=self.data.batch_size,
             sampler=sampler,
             drop_last=True,
-            num_workers=self.cfg.data.num_workers,
-            collate_fn=collate_skip,
-            worker_init_fn=worker_init,
+            num_workers=self.data.num_workers,
+            collate_fn=self.data.collate_fn,
+            worker_init_fn=self.data.worker_init_fn,
             generator=self.loader_gen,
             pin_memory=self.device.type == "cuda",
         )
 
     # ------------------------------------------------------------------------------------------- evaluation
-    def _eval_model(self):
-        return self.ema.module if self.ema is not None else unwrap(self.task.student)
+    def eval_model(self) -> nn.Module:
+        """The state that is evaluated, selected and shipped: the EMA copy when enabled, else the live one."""
+        return self.ema.module if self.ema is not None else self.state
 
     def _evaluate_epoch(self, epoch: int) -> None:
-        splits = dict.fromkeys([self.cfg.eval.select_on, *self.cfg.eval.track])
-        for split in splits if self.info.is_main else ():
-            if split not in self.manifests or (split.startswith("ood") and self.eval_spec.mode == "logits"):
+        if self.evaluator is None:
+            return
+        for split in dict.fromkeys(self.eval_splits):
+            m = self.evaluator(self.eval_model(), split)  # every rank: the images are sharded
+            if m is None:
                 continue
-            from vlmkd.eval.evaluate import evaluate_split
-
-            m = evaluate_split(
-                self._eval_model(), self.manifests, split, self.cfg, self.eval_spec, self.device
-            )
             rec = {"epoch": epoch, "split": split, **{k: v for k, v in m.items() if isinstance(v, float)}}
-            self.best.update(epoch, split, m, self._eval_model())
+            self.best.update(epoch, split, m, self.eval_model())
             self.history.append(rec)
             self.logger.log(
                 {f"{split}/{k}": v for k, v in rec.items() if isinstance(v, float)}, step=self.global_step
             )
         barrier()
-
-    def _finish(self, train_time: float) -> dict[str, Any]:
-        from vlmkd.eval.evaluate import evaluate_run
-        from vlmkd.students import student_spec
-
-        summary: dict[str, Any] = {}
-        if self.info.is_main:
-            model = self._eval_model()
-            selected = self.best.restore(model)
-            train = self.manifests["train"]
-            spec = student_spec(
-                self.cfg.model,
-                unwrap(self.task.student).num_classes,
-                self.cfg.data.in_chans,
-                unwrap(self.task.student).embed_dim,
-            )
-            export_student(
-                self.run_dir,
-                model,
-                spec,
-                {
-                    "class_names": train.class_names,
-                    "preprocess": preprocess_config(self.cfg.data),
-                    "train_counts": train.class_counts().tolist(),
-                    "eval": self.eval_spec.to_json(),
-                },
-            )
-            summary = evaluate_run(model, self.manifests, self.cfg, self.eval_spec, self.device, self.history)
-            summary["selected"] = selected
-            summary["timings"] = {
-                "train_s": round(train_time, 2),
-                "steps": self.global_step,
-                "skipped_images": self.skipped,
-                "skipped_files": sorted(self.skipped_files),
-            }
-            from vlmkd.utils.provenance import finish_run
-
-            summary["artifacts"] = finish_run(self.run_dir, self.cfg.text)
-            from vlmkd.eval.report import write_report, write_summary
-
-            if summary.get("generalized"):  # calibration.json (+ score_norm.safetensors): export and predict
-                from vlmkd.eval.generalized import save_calibration
-
-                save_calibration(self.run_dir, summary["generalized"])
-            write_summary(self.run_dir, summary)  # confusion matrices go to confusion.npz, never in here
-
-            write_report(self.run_dir, summary)
-        barrier()
-        return summary
-
-
-def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    return Trainer(cfg, run_dir, resume).fit()

@@ -12,6 +12,7 @@ from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ArtifactError
 from vlmkd.eval.metrics import average_last_k, classification_metrics
 from vlmkd.eval.predict import cosine_logits, student_predictions
+from vlmkd.utils.dist import all_gather_objects, get_info
 
 
 def split_logits(
@@ -37,12 +38,20 @@ def evaluate_split(
     cfg: Config,
     eval_spec,
     device: torch.device | str = "cpu",
+    shard: bool = False,
 ) -> dict[str, Any]:
+    """Metrics of `model` on one split. With `shard` (every rank of a process group calls it), each rank scores
+    every world-th image and the predictions are gathered, so no rank waits idle through a whole evaluation."""
     m = manifests[split]
+    info = get_info()
+    part = m.subset(np.arange(info.rank, len(m), info.world_size)) if shard and info.enabled else m
     # streamed: each batch is scored and only its argmax kept, so no N x C logits at 8,142 classes
     out = student_predictions(
-        model, m, cfg.data, lambda o: split_logits(o, split, eval_spec, manifests), device, f"eval {split}"
+        model, part, cfg.data, lambda o: split_logits(o, split, eval_spec, manifests), device, f"eval {split}"
     )
+    if part is not m:
+        parts = all_gather_objects(out)
+        out = {k: np.concatenate([p[k] for p in parts]) for k in ("pred", "labels")}
     # Long-tail buckets are defined by the training counts of the classes this split is scored on.
     counts = manifests["train"].class_counts() if m.class_names == manifests["train"].class_names else None
     return classification_metrics(
@@ -64,7 +73,10 @@ def evaluate_run(
     eval_spec,
     device: torch.device | str = "cpu",
     history: list[dict[str, Any]] | None = None,
+    shard: bool = False,
 ) -> dict[str, Any]:
+    """Every split's metrics (and the generalized zero-shot evaluation) for a run's summary. With `shard`, every
+    rank calls it and the per-split evaluations are sharded; the generalized one runs on rank 0."""
     train = manifests["train"]
     summary: dict[str, Any] = {
         "dataset": cfg.data.format,
@@ -82,8 +94,8 @@ def evaluate_run(
         if split in manifests and len(manifests[split]):
             if split.startswith("ood") and eval_spec.mode == "logits":
                 continue  # a closed-set classifier cannot score novel classes
-            summary["splits"][split] = evaluate_split(model, manifests, split, cfg, eval_spec, device)
-    if cfg.eval.generalized:
+            summary["splits"][split] = evaluate_split(model, manifests, split, cfg, eval_spec, device, shard)
+    if cfg.eval.generalized and (not shard or get_info().is_main):
         gen = evaluate_generalized(model, manifests, cfg, eval_spec, device)
         if gen is not None:
             summary["generalized"] = gen

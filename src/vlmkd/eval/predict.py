@@ -10,7 +10,7 @@ from vlmkd.config import DataConfig
 from vlmkd.data.dataset import ManifestDataset, collate_skip
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.transforms import build_transform
-from vlmkd.engine.checkpoint import unwrap
+from vlmkd.utils.checkpoint_io import unwrap
 from vlmkd.utils.progress import progress
 
 

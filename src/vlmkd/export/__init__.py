@@ -187,7 +187,7 @@ def export_model(
     (enriched texts); the calibration `vlmkd eval` recorded for the run (score form, and gamma, subtracted from the
     trained classes' scores in predict) travels with them; `gamma` overrides its gamma.
     """
-    from vlmkd.engine.checkpoint import export_student, load_student
+    from vlmkd.students.io import export_student, load_student
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -177,7 +177,7 @@ def load_runtime(export_dir: Path, manifest: dict[str, Any], device: str = "cpu"
             export_dir / manifest.get("model_file", MODEL_FILES["torchscript"]), outputs, device
         )
     if fmt == "safetensors":
-        from vlmkd.engine.checkpoint import load_student
+        from vlmkd.students.io import load_student
 
         student, _ = load_student(export_dir)
         return TorchRuntime(student, outputs, manifest.get("head") == "zero_shot", device)

@@ -85,6 +85,7 @@ class Student(nn.Module):
 
 def create_student(
     name: str,
+    *,
     num_classes: int,
     in_chans: int = 3,
     head: str = "classifier",
@@ -93,29 +94,43 @@ def create_student(
     pretrained: bool = False,
     drop_rate: float = 0.0,
 ) -> Student:
+    """Build a student (the one factory, like timm's `create_model`).
+
+    Args:
+        name: a vlmkd small student (`list_students()`) or any timm model name; the backbone, pooled, no classifier.
+        num_classes: classes of the classifier head (also recorded for an embedding-only student).
+        in_chans: input channels (1 for Fashion-MNIST, 3 for RGB).
+        head: "classifier" (logits), "embedding" (a projection into the text/teacher space) or "both".
+        embed_dim: size of the embedding head; needed when head is "embedding" or "both".
+        proj_type: the embedding head: "linear", or "mlp" (Linear-GELU-Linear).
+        pretrained: timm pretrained weights for the backbone (vlmkd small students have none).
+        drop_rate: dropout before the heads (timm's drop_rate).
+    Returns a `Student` whose forward gives {"features", "logits"?, "embedding"?}.
+    """
     return Student(
         build_backbone(name, in_chans, pretrained, drop_rate), num_classes, head, embed_dim, proj_type
     )
 
 
-def student_spec(model_cfg: Any, num_classes: int, in_chans: int, embed_dim: int) -> dict[str, Any]:
-    """Everything needed to rebuild the student architecture (saved next to its weights)."""
+def student_spec(name: str, student: Student, in_chans: int, proj_type: str = "linear") -> dict[str, Any]:
+    """Everything needed to rebuild the student architecture (saved next to its weights): the heads it was
+    built with, which may be fewer than model.head asked for (a head no loss or evaluation reads is not built)."""
     return {
-        "name": model_cfg.name,
-        "num_classes": num_classes,
+        "name": name,
+        "num_classes": student.num_classes,
         "in_chans": in_chans,
-        "head": model_cfg.head,
-        "embed_dim": embed_dim,
-        "proj_type": model_cfg.proj_type,
+        "head": student.head_type,
+        "embed_dim": student.embed_dim,
+        "proj_type": proj_type,
     }
 
 
 def student_from_spec(spec: dict[str, Any]) -> Student:
     return create_student(
         spec["name"],
-        spec["num_classes"],
-        spec["in_chans"],
-        spec["head"],
-        spec["embed_dim"],
-        spec["proj_type"],
+        num_classes=spec["num_classes"],
+        in_chans=spec["in_chans"],
+        head=spec["head"],
+        embed_dim=spec["embed_dim"],
+        proj_type=spec["proj_type"],
     )

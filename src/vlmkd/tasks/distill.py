@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from vlmkd.errors import ConfigError
+from vlmkd.utils.dist import gather_rows, get_info, row_counts
 
 STUDENT_OUTPUTS = {"logits": "logits", "embedding": "embedding", "proj": "embedding", "features": "features"}
 
@@ -33,10 +34,33 @@ class LossSpec:
     module: nn.Module
 
 
+class TrainableState(nn.Module):
+    """Everything a run learns, as one module: the student, the loss terms' parameters (e.g. a learnable
+    temperature) and CoOp's learned context. DDP, the checkpoint, the EMA, best-epoch selection and export all read
+    this module whole, so a resumed, selected or exported run has exactly the state it was evaluated with."""
+
+    def __init__(
+        self, student: nn.Module, losses: dict[str, nn.Module], prompt_learner: nn.Module | None = None
+    ):
+        super().__init__()
+        self.student = student
+        self.losses = nn.ModuleDict(losses)
+        self.prompt_learner = prompt_learner
+
+    def class_text(self) -> torch.Tensor | None:
+        """The learned class-text matrix (C_train x D, with gradients), or None without CoOp."""
+        return None if self.prompt_learner is None else self.prompt_learner()
+
+
 class DistillTask(nn.Module):
+    """The unit of training: `state` (the one trainable module) + frozen providers + the weighted terms.
+
+    DDP wraps the task: its parameters are exactly `state`'s, because the providers (teachers, cached stores) are
+    kept outside the module tree."""
+
     def __init__(
         self,
-        student: nn.Module,
+        state: TrainableState,
         terms: list[LossSpec],
         providers: dict[str, nn.Module] | None = None,
         gather: bool = True,
@@ -45,13 +69,16 @@ class DistillTask(nn.Module):
         super().__init__()
         if not terms:
             raise ConfigError("no loss term is enabled; give at least one term in `losses` with weight > 0")
-        self.student = student
+        self.state = state
         self.terms = terms
-        self.loss_modules = nn.ModuleDict({t.name: t.module for t in terms})
         # frozen input providers: outside the module tree (never trained or checkpointed); _apply moves them
         self.__dict__["providers"] = dict(providers or {})
         self.needed = {name for t in terms for name in t.module.inputs}
         self.gather, self.local_loss = bool(gather), bool(local_loss)
+
+    @property
+    def student(self) -> nn.Module:
+        return self.state.student
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
@@ -69,9 +96,6 @@ class DistillTask(nn.Module):
         p = self.providers.get("class_text")
         return None if p is None else p.value
 
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.requires_grad]
-
     def _input(self, name: str, batch: dict[str, Any], out: dict[str, torch.Tensor]) -> torch.Tensor:
         if name in STUDENT_OUTPUTS:
             key = STUDENT_OUTPUTS[name]
@@ -83,8 +107,8 @@ class DistillTask(nn.Module):
             return out[key]
         if name == "labels":
             return batch["label"]
-        if name == "class_text" and getattr(self, "prompt_learner", None) is not None:
-            return self.prompt_learner()  # CoOp (vlmkd.text.coop): learned class texts, with gradients
+        if name == "class_text" and self.state.prompt_learner is not None:
+            return self.state.class_text()  # CoOp (vlmkd.text.coop): learned class texts, with gradients
         if name in self.providers:
             return self.providers[name](batch, out)
         raise ConfigError(
@@ -92,9 +116,7 @@ class DistillTask(nn.Module):
         )
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        from vlmkd.utils.dist import gather_rows, get_info, row_counts
-
-        out = self.student(batch["image"])
+        out = self.state.student(batch["image"])
         local: dict[str, torch.Tensor] = {}
         gathered: dict[str, torch.Tensor] = {}
         sizes: list[int] | None = None

@@ -13,14 +13,14 @@ import numpy as np
 
 from vlmkd.config import Config
 from vlmkd.data.manifest import Manifest
-from vlmkd.utils.io import artifact_key, read_json, save_npy
+from vlmkd.describe.store import DescriptionStore
+from vlmkd.text.store import EmbeddingStore, rows_for_manifest
+from vlmkd.utils.dist import build_once
+from vlmkd.utils.io import artifact_key, read_json, resolve_store, save_npy
 
 
 def description_index_map(cfg: Config, manifest: Manifest) -> tuple[Path, Path]:
     """(embeddings.npy, index .npy): row r of the index map lists sample r's embedding rows, -1 where missing."""
-    from vlmkd.describe.store import resolve_store
-    from vlmkd.utils.dist import barrier, is_main
-
     desc_dir, emb_dir = resolve_store(cfg.text.descriptions), resolve_store(cfg.text.embeddings)
     n = int(cfg.describe.n_descriptions)
     key = artifact_key(
@@ -32,17 +32,12 @@ def description_index_map(cfg: Config, manifest: Manifest) -> tuple[Path, Path]:
         }
     )
     path = emb_dir / "index" / f"{key[:16]}.npy"
-    if not path.is_file():
-        if is_main():  # one process matches the ids; the others wait and read its file
-            save_npy(path, _compute(desc_dir, emb_dir, manifest, n))
-        barrier()
+    # one process matches the ids; the others look first, then wait for its file (never a half-made one)
+    build_once(None, path.is_file, lambda: save_npy(path, _compute(desc_dir, emb_dir, manifest, n)))
     return emb_dir / "embeddings.npy", path
 
 
 def _compute(desc_dir: Path, emb_dir: Path, manifest: Manifest, n: int) -> np.ndarray:
-    from vlmkd.describe.store import DescriptionStore
-    from vlmkd.text.store import EmbeddingStore, rows_for_manifest
-
     rows = rows_for_manifest(DescriptionStore(desc_dir), EmbeddingStore(emb_dir), manifest, n)
     if rows.size and rows.max() >= np.iinfo(np.int32).max:
         return rows  # more than 2^31 embedding rows: keep int64

@@ -41,7 +41,7 @@ def load_vision_teacher(
         )
     p = Path(cfg.name)
     if p.exists():
-        from vlmkd.engine.checkpoint import load_student
+        from vlmkd.students.io import load_student
 
         model, meta = load_student(p, device)
         if meta["spec"]["num_classes"] != num_classes:

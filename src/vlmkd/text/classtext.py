@@ -252,8 +252,7 @@ def build_class_texts(
     Under torchrun every rank calls it: rank 0 writes the texts while the others wait, then the ranks share the
     embedding (`embed_texts`); `shard="I/N"` splits the embedding of a job array, `merge="only"` merges it."""
     from vlmkd.errors import ArtifactError
-    from vlmkd.utils.dist import work_split
-    from vlmkd.utils.sharded import build_once
+    from vlmkd.utils.dist import build_once, work_split
 
     key = classtext_key(class_names, cfg)
     folder = Path(cfg.output) / key[:16]
@@ -328,6 +327,6 @@ def dataset_class_names(manifests: dict[str, Any], split: str = "train") -> list
 
 def load_class_texts(path: str | Path) -> dict[str, Any]:
     """The classtexts.json of a classtext folder (or its parent, through LATEST)."""
-    from vlmkd.describe.store import resolve_store
+    from vlmkd.utils.io import resolve_store
 
     return read_json(resolve_store(path, marker="classtexts.json") / "classtexts.json")

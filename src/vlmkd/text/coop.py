@@ -37,6 +37,11 @@ class FrozenTower:
             m.eval().requires_grad_(False)
         self.width = int(embedding.weight.shape[1])
 
+    def __deepcopy__(
+        self, memo
+    ):  # frozen and shared: an EMA or best-epoch copy of the learner reuses the tower
+        return self
+
 
 def frozen_tower(encoder: Any) -> FrozenTower:
     """The tower behind a vlmkd text encoder (vlmkd.text.encoders) or a domain teacher's MiniLM."""
@@ -193,42 +198,25 @@ class LearnedClassText(Mapping):
         }
 
 
-def _prompt_texts(cfg: Any) -> tuple[dict[str, list[str]], int]:
-    """name -> the texts CoOp puts its context in front of, and the class-text store's dimension."""
-    from vlmkd.tasks.sources import class_text_matrix
+def build_prompt_learner(
+    coop: Any, embed: Any, class_texts: dict[str, list[str]], dim: int, train_classes: list[str], device
+) -> PromptLearner:
+    """The prompt learner for `text.coop` (section `coop`), over the tower named by the `embed` section.
 
-    if cfg.text.coop.texts not in ("names", "class_texts"):
-        raise ConfigError(f"text.coop.texts must be names or class_texts, got {cfg.text.coop.texts!r}")
-    matrix, names, texts = class_text_matrix(cfg)
-    if cfg.text.coop.texts == "names":
-        return {n: [n.replace("_", " ") + "."] for n in names}, matrix.shape[1]
-    if texts is None:
-        raise ConfigError(
-            "text.coop.texts=class_texts needs the texts of the class-text store (`vlmkd classtext`)"
-        )
-    return {n: [t] if isinstance(t, str) else list(t) for n, t in zip(names, texts)}, matrix.shape[1]
-
-
-def attach_coop(task: nn.Module, eval_spec: Any, cfg: Any, manifests: dict, device: torch.device) -> None:
-    """Give the task a prompt learner (its `class_text` input) and make evaluation read the learned matrix."""
+    `class_texts`: name -> the texts the context goes in front of; `dim`: the class-text store's dimension, which
+    the tower must match (the learned matrix replaces the stored one)."""
     from vlmkd.text.encoders import build_text_encoder
 
-    if "class_text" not in task.needed:
-        raise ConfigError("text.coop.enabled needs a loss on class texts, e.g. losses.cls.name=vl_cls")
-    class_texts, dim = _prompt_texts(cfg)
-    encoder = build_text_encoder(cfg.embed.encoder, cfg.embed.model, cfg.embed.revision, device=str(device))
+    encoder = build_text_encoder(embed.encoder, embed.model, embed.revision, device=str(device))
     if int(encoder.dim) != dim:
         raise ConfigError(
             f"CoOp's text tower {encoder.encoder_id!r} is {encoder.dim}-d but text.class_embeddings is {dim}-d; "
             "embed the class texts with embed.encoder"
         )
-    c = cfg.text.coop
     learner = PromptLearner(
-        frozen_tower(encoder), class_texts, c.n_ctx, c.init, c.class_specific, manifests["train"].class_names
+        frozen_tower(encoder), class_texts, coop.n_ctx, coop.init, coop.class_specific, train_classes
     )
-    task.prompt_learner = learner.to(device)
-    splits = {s: m.class_names for s, m in manifests.items() if s in eval_spec.class_text}
-    eval_spec.class_text = LearnedClassText(learner, splits)
+    return learner.to(device)
 
 
 def learned_rows(learned: dict[str, Any], names: list[str]) -> np.ndarray:

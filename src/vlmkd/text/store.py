@@ -74,7 +74,7 @@ def _encode_rows(texts: list[str], encoder: Any, batch_size: int, desc: str) -> 
 
 class EmbeddingStore:
     def __init__(self, path: str | Path):
-        from vlmkd.describe.store import resolve_store
+        from vlmkd.utils.io import resolve_store
 
         self.path = resolve_store(path)
         self.meta = read_json(self.path / "meta.json")

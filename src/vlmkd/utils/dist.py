@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -24,8 +29,14 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Initialise the process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
+DEFAULT_TIMEOUT_MIN = 60.0
+
+
+def init_distributed(device: str = "auto", timeout_min: float = DEFAULT_TIMEOUT_MIN) -> DistInfo:
+    """Initialise the process group when launched by torchrun (NCCL on GPU, gloo on CPU).
+
+    `timeout_min` bounds every collective (train.dist_timeout_min): long enough for a rank that waits while
+    another builds an artifact or writes a checkpoint, short enough that a dead rank fails the job."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -34,8 +45,19 @@ def init_distributed(device: str = "auto") -> DistInfo:
         use_cuda = torch.cuda.is_available() and device != "cpu"
         if use_cuda:
             torch.cuda.set_device(local)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=float(timeout_min))
+        )
     return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def reseed_per_rank(seed: int, rank: int) -> None:
+    """After the model is built (identical on every rank): a different stream per rank, so dropout masks differ
+    across GPUs as they do across the samples of one process (timm and open_clip reseed with seed + rank).
+    Augmentation does not draw from these streams: it is seeded per sample (vlmkd.data.dataset)."""
+    torch.manual_seed(seed + rank)
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
 
 
 def get_info() -> DistInfo:
@@ -153,3 +175,37 @@ def gather_rows(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def build_once(split: WorkSplit | None, is_done: Callable[[], bool], build: Callable[[], None]) -> bool:
+    """Build an artifact on one process only: every rank looks first and waits (so no rank sees a half-made
+    artifact as missing and another as done), rank 0 builds, the others wait until it is written. Returns
+    whether this process built it."""
+    split = split or work_split()
+    done = is_done()
+    split.barrier()
+    built = False
+    if not done and (split.rank == 0 or not split.collective):
+        build()
+        built = True
+    split.barrier()
+    return built
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order; [obj] in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Make every rank's parameters and buffers equal rank `src`'s (e.g. after rank 0 restored the best epoch
+    from a file the other nodes may not see)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in module.state_dict().values():
+            dist.broadcast(t, src)

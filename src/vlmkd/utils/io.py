@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from vlmkd.errors import ArtifactError
+
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
@@ -221,3 +223,21 @@ def path_fingerprint(path: str | os.PathLike, patterns: tuple[str, ...] = ("**/*
     for f in files:
         h.update(f"{f.relative_to(p).as_posix()}\0{file_fingerprint(f)}\n".encode())
     return h.hexdigest()
+
+
+POINTER = "LATEST"  # a parent folder's pointer to the newest keyed store under it
+
+
+def resolve_store(path: str | Path, marker: str = "meta.json") -> Path:
+    """A keyed store folder, or a parent holding a LATEST pointer (followed), or a folder with `embeddings/`."""
+    p = Path(path)
+    for _ in range(4):
+        if (p / marker).is_file():
+            return p
+        if (p / POINTER).is_file():
+            p = p / read_json(p / POINTER)["folder"]
+        elif (p / "embeddings").is_dir():
+            p = p / "embeddings"
+        else:
+            break
+    raise ArtifactError(f"{str(path)!r} is not a vlmkd store (no {marker} or LATEST); run the stage first")

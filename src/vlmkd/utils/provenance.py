@@ -113,7 +113,7 @@ def previous_record(run_dir: Path, stem: str) -> tuple[Path, dict[str, Any]] | N
 def warn_if_moved(text_cfg: Any, run_dir: Path, stem: str) -> list[str]:
     """One warning line per store whose configured path now resolves to another artifact than the previous run of
     this name used (a LATEST pointer that moved); returns the lines."""
-    from vlmkd.describe.store import resolve_store
+    from vlmkd.utils.io import resolve_store
 
     prev = previous_record(run_dir, stem)
     if prev is None:
@@ -141,7 +141,7 @@ def warn_if_moved(text_cfg: Any, run_dir: Path, stem: str) -> list[str]:
 def finish_run(run_dir: str | Path, text_cfg: Any) -> dict[str, Any]:
     """Write `<run_dir>/artifacts.json` (main process) and return it. The description store is named here: the
     trainer reads it only through the embeddings made from it (their `source_key`)."""
-    from vlmkd.describe.store import resolve_store
+    from vlmkd.utils.io import resolve_store
     from vlmkd.utils.io import write_json
 
     emb = _ARTIFACTS.get("embeddings")

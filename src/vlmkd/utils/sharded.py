@@ -10,7 +10,7 @@ resumes from its finished shards. Then one process merges:
   finisher, or an explicit `--merge` run). It keeps the shards (another job may be merging the same moment), unless
   it is the only process (1/1) or the explicit merge step.
 
-`build_once` is the same protocol for an artifact that one process builds whole: every rank looks, waits, rank 0
+`vlmkd.utils.dist.build_once` is the same protocol for an artifact that one process builds whole: every rank looks, waits, rank 0
 builds, the others wait again, then all read it.
 """
 
@@ -137,17 +137,3 @@ class ShardedRows:
             f"{self.label}: {len(self.missing())} of {len(self.spans)} shards still missing (other processes); "
             f"the last one to finish merges, or run `{command} --merge` when all are done"
         )
-
-
-def build_once(split: WorkSplit, is_done: Callable[[], bool], build: Callable[[], None]) -> bool:
-    """Build an artifact on one process only: every rank looks first and waits (so no rank sees a half-made
-    artifact as missing and another as done), rank 0 builds, the others wait until it is written. Returns
-    whether this process built it."""
-    done = is_done()
-    split.barrier()
-    built = False
-    if not done and (split.rank == 0 or not split.collective):
-        build()
-        built = True
-    split.barrier()
-    return built

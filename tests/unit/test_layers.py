@@ -1,0 +1,86 @@
+"""The package's folders depend downward only: a test that reads every import (function-local ones included).
+
+The layers, lowest first (a folder may import its own layer and the layers below it, never above):
+    errors, registry < utils < config < data, students, losses < eval < describe < text < teachers < tasks
+    < engine < export, predict < compose < commands, demo, cli
+`engine/` is the loop: it receives a built task, so it imports nothing from eval, describe, text, teachers or
+tasks. Same-layer folders must not import each other both ways.
+"""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "vlmkd"
+ORDER = [
+    ["errors", "registry"],
+    ["utils"],
+    ["config"],
+    ["data", "students", "losses"],
+    ["eval"],
+    ["describe"],
+    ["text"],
+    ["teachers"],
+    ["tasks"],
+    ["engine"],
+    ["export", "predict"],
+    ["compose"],
+    ["commands", "demo", "cli", "__main__", "__init__"],
+]
+LAYER = {name: i for i, names in enumerate(ORDER) for name in names}
+# below the engine's own layer, but the loop must not reach them: it receives the task and an evaluator
+ENGINE_MAY_NOT = {"eval", "describe", "text", "teachers", "tasks"}
+
+
+def _unit(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def edges() -> set[tuple[str, str, str]]:
+    """(importing unit, imported unit, file) for every `vlmkd.*` import anywhere in a module."""
+    out = set()
+    for path in SRC.rglob("*.py"):
+        src = _unit(path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+                if node.module == "vlmkd":
+                    names = [f"vlmkd.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "vlmkd" and len(parts) > 1 and parts[1] != src:
+                    out.add((src, parts[1], str(path.relative_to(SRC))))
+    return out
+
+
+def test_every_unit_has_a_layer():
+    units = {_unit(p) for p in SRC.rglob("*.py")} - {"assets"}
+    assert units <= set(LAYER), f"give these a layer in ORDER: {sorted(units - set(LAYER))}"
+
+
+def test_no_upward_import():
+    upward = sorted(
+        f"{f}: {a} -> {b}" for a, b, f in edges() if b in LAYER and LAYER[b] > LAYER[a]
+    )
+    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
+
+
+def test_engine_receives_what_it_runs():
+    reached = sorted(f"{f}: engine -> {b}" for a, b, f in edges() if a == "engine" and b in ENGINE_MAY_NOT)
+    assert not reached, "\n".join(reached)
+
+
+def test_same_layer_folders_do_not_import_each_other_both_ways():
+    pairs = {(a, b) for a, b, _ in edges()}
+    both = sorted(f"{a} <-> {b}" for a, b in pairs if (b, a) in pairs and a < b)
+    assert not both, both
+
+
+def test_the_checker_sees_function_local_imports(tmp_path):
+    """The rule would be toothless if an import inside a function were invisible to it."""
+    tree = ast.parse("def f():\n    from vlmkd.tasks.build import build_task\n")
+    found = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert found == ["vlmkd.tasks.build"]
