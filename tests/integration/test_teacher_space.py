@@ -24,7 +24,7 @@ def test_class_texts_of_another_tower_of_the_same_width_are_refused(tmp_path, ti
             tiny,
             tmp_path / "cache",
             model={"name": "cnn_tiny"},
-            losses={"kd": {"name": "kd", "weight": 1.0}},
+            losses={"cls": {"name": "ce"}, "kd": {"name": "kd", "weight": 1.0}},
             teacher={"name": "clip", "mode": mode},
             text={"class_embeddings": str(classtext)},
         )

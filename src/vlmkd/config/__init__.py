@@ -3,6 +3,12 @@
 A run is described by one `Config` (dataclasses). YAML files only override fields of the defaults; they never
 import or instantiate classes. Dotted CLI overrides (`train.epochs=3`, `losses.cls.name=balanced_softmax`) are
 applied last. Unknown keys are errors that name the closest valid key. The resolved config is saved per run.
+
+`losses:` is the one section a YAML file states whole: a recipe's `losses:` REPLACES the terms it would inherit
+(the default `cls: ce`, or its `base:` recipe's terms) instead of merging with them, so a recipe trains exactly
+the terms it lists, and each listed term names its loss. Dotted overrides still edit or add single terms
+(`losses.kd.weight=0`, `losses.kd.name=kd`). Every field is checked against its type, union and list items
+included: `data.split.novel_classes=[no,3]` is an error (YAML reads `no` as false), not [False, 3].
 """
 
 from __future__ import annotations
@@ -13,7 +19,15 @@ from pathlib import Path
 import yaml
 
 from vlmkd.config.data import DataConfig, LongTailConfig, SplitConfig
-from vlmkd.config.loading import deep_merge, from_dict, parse_override, read_yaml, set_dotted, to_dict
+from vlmkd.config.loading import (
+    deep_merge,
+    from_dict,
+    merge_layer,
+    parse_override,
+    read_yaml,
+    set_dotted,
+    to_dict,
+)
 from vlmkd.config.stages import (
     ClassTextConfig,
     ClipTeacherConfig,
@@ -31,6 +45,7 @@ from vlmkd.config.training import (
     VisionTeacherConfig,
     default_losses,
 )
+from vlmkd.errors import ConfigError
 
 
 @dataclass
@@ -50,6 +65,10 @@ class Config:
     classtext: ClassTextConfig = field(default_factory=ClassTextConfig)
     domain: DomainTeacherConfig = field(default_factory=DomainTeacherConfig)
 
+    def __post_init__(self) -> None:
+        if not self.losses:
+            raise ConfigError("losses: no loss term; name at least one, e.g. losses.cls.name=ce")
+
 
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
@@ -57,13 +76,12 @@ def load_config(
     """Defaults <- YAML file (with optional `base:` chain) <- dotted overrides, then validated."""
     raw = to_dict(Config())
     if base:
-        raw = deep_merge(raw, base)
+        raw = merge_layer(raw, base, "base recipe")
     if path is not None:
-        raw = deep_merge(raw, read_yaml(path))
-    for ov in overrides:
+        raw = merge_layer(raw, read_yaml(path), str(path))
+    for ov in overrides:  # dotted overrides edit single terms: losses.kd.weight=0, losses.vl.name=vl_cls
         keys, value = parse_override(ov)
         set_dotted(raw, keys, value)
-    # LossTerm entries given partially in YAML (e.g. only weight) are completed from the defaults.
     return from_dict(Config, raw)
 
 

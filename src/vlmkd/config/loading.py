@@ -30,6 +30,35 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+# Sections a config layer states whole: a YAML file's (or its `base:` recipe's) `losses:` replaces the terms it
+# would inherit, so `losses: {vl: {name: vl_cls}}` trains vl_cls alone, not the default `cls: ce` beside it.
+REPLACED_SECTIONS = ("losses",)
+
+
+def merge_layer(inherited: dict, layer: dict, where: str = "") -> dict:
+    """`deep_merge`, except that a section in REPLACED_SECTIONS comes whole from `layer` when it has one."""
+    out = deep_merge(inherited, {k: v for k, v in layer.items() if k not in REPLACED_SECTIONS})
+    for key in REPLACED_SECTIONS:
+        if key in layer:
+            _require_names(layer[key], inherited.get(key), f"{where}: " if where else "", key)
+            out[key] = copy.deepcopy(layer[key])
+    return out
+
+
+def _require_names(section: Any, inherited: Any, prefix: str, key: str) -> None:
+    """Every entry of a replacing `losses:` section names its kind (it no longer completes an inherited one)."""
+    if not isinstance(section, dict):
+        return  # the typed conversion reports a non-mapping
+    known = sorted(set(section) | set(inherited or {}))
+    for term, entry in section.items():
+        if isinstance(entry, dict) and "name" not in entry:
+            hint = suggest(str(term), [k for k in known if k != term]).replace('"', f'"{key}.', 1)
+            raise ConfigError(
+                f"{prefix}{key}.{term} has no name{hint}; a {key}: section replaces the terms it would inherit "
+                f"(the default cls: ce included), so each term names its kind: {key}.{term}.name=..."
+            )
+
+
 def _is_optional(tp: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -48,6 +77,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     tp = inner
     if tp is Any:
         return value
+    if typing.get_origin(tp) in (Union, types.UnionType):  # e.g. list[int | str]: the first type that fits
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, where)
+            except ConfigError:
+                continue
+        kinds = " or ".join(_kind_word(a) for a in typing.get_args(tp))
+        raise ConfigError(f"{where} must be {kinds}, got {value!r}{_bool_hint(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
@@ -81,8 +118,23 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{where} must be a string, got {value!r}")
+        raise ConfigError(f"{where} must be a string, got {value!r}{_bool_hint(value)}")
     return value
+
+
+def _kind_word(tp: Any) -> str:
+    words = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    origin = typing.get_origin(tp)
+    return (
+        words.get(tp) or {list: "a list", dict: "a mapping"}.get(origin) or getattr(tp, "__name__", str(tp))
+    )
+
+
+def _bool_hint(value: Any) -> str:
+    """YAML 1.1 reads yes/no/on/off as booleans: a class called `no` arrives as False."""
+    if isinstance(value, bool):
+        return " (YAML reads yes/no/on/off/true/false as booleans; quote it, e.g. 'no')"
+    return ""
 
 
 def _check_named_entries(value: dict, val_tp: Any, where: str) -> None:
@@ -170,5 +222,5 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
         base_path = (path.parent / base).resolve()
         if base_path in _seen:
             raise ConfigError(f"{path}: base config cycle through {base_path}")
-        data = deep_merge(read_yaml(base_path, (*_seen, base_path)), data)
+        data = merge_layer(read_yaml(base_path, (*_seen, base_path)), data, str(path))
     return data

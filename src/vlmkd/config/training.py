@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmkd.errors import ConfigError
+
 
 @dataclass
 class ModelConfig:
@@ -67,6 +69,19 @@ class TrainConfig:
     # a dead rank then fails the job after this long instead of hanging it
     dist_timeout_min: float = 60.0
 
+    def __post_init__(self) -> None:
+        # a run of no step used to write a full run folder and exit 0
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(
+                f"train.max_steps must be at least 1 (or null for no limit), got {self.max_steps}"
+            )
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"train.checkpoint_every must be >= 0 (0: at epoch ends only), got {self.checkpoint_every}"
+            )
+
 
 @dataclass
 class EvalConfig:
@@ -114,6 +129,10 @@ class VisionTeacherConfig:
     # cos(image, class text) / zero_shot_temperature (CLIP's own scale is 1/0.01). mode live runs it on the
     # student's augmented batch (consistent teaching); cached uses the `clip.view` features of `vlmkd teach`
     zero_shot_temperature: float = 0.01
+    # mode cached: clean (the eval transform's view) | replay (clip.num_views views of the student's own training
+    # transform, replayed for the student: consistent teaching with no teacher at training time)
+    view: str = "clean"
+    topk: int = 10  # view=replay: stored teacher classes per view (top-k probabilities, the rest smoothed)
 
 
 @dataclass
