@@ -44,17 +44,14 @@ class MetricsLogger:
         self.enabled = run_dir is not None and is_main()
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir else None
         self._tb = None
+        self._tb_class = None  # the SummaryWriter class when tensorboard is on and installed
+        self._tb_purge: int | None = None
         self._wandb = None
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
-            except Exception:  # tensorboard is optional: absent means JSON lines only
-                self._tb = None
+            self._tb_class = _summary_writer()
         if wandb_project:
             try:
                 import wandb
@@ -65,8 +62,18 @@ class MetricsLogger:
 
     def rewind(self, step: int) -> None:
         """Forget records after optimizer step `step` (0: all): a resumed run writes them again from its
-        checkpoint, and a restarted run writes everything again, so nothing appears twice."""
-        if not self.enabled or not self.path.is_file():
+        checkpoint, and a restarted run writes everything again, so nothing appears twice.
+
+        TensorBoard events are append-only files: the next writer opens with `purge_step`, which tells TensorBoard
+        to drop the earlier files' events from that step on (torch's SummaryWriter, as timm and open_clip resume)."""
+        if not self.enabled:
+            return
+        if self._tb_class is not None and any((self.path.parent / "tb").glob("events.*")):
+            if self._tb is not None:
+                self._tb.close()
+                self._tb = None
+            self._tb_purge = step + 1 if step else 0
+        if not self.path.is_file():
             return
         kept = [
             line
@@ -83,7 +90,9 @@ class MetricsLogger:
         rec = {"time": round(time.time(), 3), **({"step": step} if step is not None else {}), **record}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, default=float) + "\n")
-        if self._tb is not None and step is not None:
+        if self._tb_class is not None and step is not None:
+            if self._tb is None:  # opened at the first scalar, after any rewind has set the purge step
+                self._tb = self._tb_class(str(self.path.parent / "tb"), purge_step=self._tb_purge)
             for k, v in record.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
@@ -95,6 +104,29 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+_warned_tensorboard = False
+
+
+def _summary_writer():
+    """torch's SummaryWriter class, or None (with one warning per process) when tensorboard is not installed."""
+    global _warned_tensorboard
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception as e:  # absent (ImportError) or broken (a protobuf clash): JSON lines only, said once
+        if not _warned_tensorboard:
+            _warned_tensorboard = True
+            why = (
+                "not installed" if isinstance(e, ImportError) else f"not importable ({type(e).__name__}: {e})"
+            )
+            log.warning(
+                "train.tensorboard is on but tensorboard is %s: logging to metrics.jsonl only; "
+                "pip install 'vlmkd[tensorboard]' (or set train.tensorboard=false to silence this)",
+                why,
+            )
+        return None
+    return SummaryWriter
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
