@@ -51,13 +51,18 @@ def run(args: argparse.Namespace) -> int:
 
     from vlmkd.config import load_config
     from vlmkd.data import build_manifests
-    from vlmkd.students.io import load_student
     from vlmkd.errors import ArtifactError
     from vlmkd.eval.evaluate import evaluate_run
+    from vlmkd.students.io import load_student
     from vlmkd.tasks.build import EvalSpec
     from vlmkd.utils.io import write_json
 
     target = Path(args.target)
+    if not target.exists():  # name what was given, not its parent folder
+        raise ArtifactError(
+            f"{str(target)!r} does not exist; give a run folder (runs/NAME), its student.safetensors "
+            "or a checkpoint .pt"
+        )
     run_dir = target if target.is_dir() else target.parent.parent if target.suffix == ".pt" else target.parent
     if not (run_dir / "config.yaml").is_file():
         raise ArtifactError(f"{str(run_dir)!r} is not a vlmkd run folder (no config.yaml)")
