@@ -1,5 +1,5 @@
 """`vlmkd data stats CONFIG`: class counts and the Many/Medium/Few split of every split, counting readable images
-only; unreadable files are listed by name."""
+only; unreadable files are listed by name. `vlmkd data pack CONFIG OUT`: the dataset as WebDataset shards."""
 
 from __future__ import annotations
 
@@ -27,6 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="decode every image to find truncated files too (default: a cheap header check of every file)",
     )
     s.set_defaults(func=stats)
+    k = dsub.add_parser(
+        "pack",
+        help="write the dataset as size-targeted WebDataset shards (+ a manifest per split)",
+        description="Every split of the configured dataset (before long-tail subsampling) as tar shards "
+        "OUT/<split>-000000.tar ..., with OUT/classes.txt, OUT/<split>.json (a manifest over the shards) and "
+        "OUT/pack.json. Train from them with data.format=wds data.root=OUT.",
+    )
+    k.add_argument("config", help="YAML recipe whose data section names the input")
+    k.add_argument("out", help="an empty folder for the shards")
+    k.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/images")
+    k.add_argument("--shard-size", default="256MB", help="target shard size (default 256MB)")
+    k.set_defaults(func=pack)
 
 
 def stats(args: argparse.Namespace) -> int:
@@ -86,6 +98,24 @@ def stats(args: argparse.Namespace) -> int:
         if f"{kind}_classes" in info:
             named = ", ".join(f"{n} (id {i})" for i, n in info[f"{kind}_classes"].items())
             print(f"{kind} classes: {named}")
+    return 0
+
+
+def pack(args: argparse.Namespace) -> int:
+    from vlmkd.config import load_config
+    from vlmkd.data.formats import FORMATS
+    from vlmkd.data.pack import pack as pack_shards
+    from vlmkd.data.pack import parse_size
+
+    cfg = load_config(args.config, args.overrides)
+    size = parse_size(args.shard_size)
+    info = pack_shards(FORMATS.build(cfg.data.format, cfg=cfg.data), args.out, size, cfg.data.on_bad_image)
+    for split, s in info["splits"].items():
+        skipped = f", {len(s['skipped'])} unreadable skipped" if s["skipped"] else ""
+        print(f"{split}: {s['samples']} samples in {len(s['shards'])} shards{skipped} -> {s['spec']}")
+    print(
+        f"train from them: data.format=wds data.root={args.out}  (or data.format=manifest with <split>.json)"
+    )
     return 0
 
 

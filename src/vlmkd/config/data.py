@@ -37,10 +37,15 @@ class SplitConfig:
 class DataConfig:
     format: str = "fashion_mnist"  # see `vlmkd.data.list_formats()`
     root: str | None = None
-    train_list: str | None = None  # split_list format: "relative/path label" per line
+    # split_list: "relative/path label" per line; wds: a shard list ('train-{000..009}.tar', fsspec URLs);
+    # parquet: a Parquet file, folder or glob; hf: a `datasets` save_to_disk folder
+    train_list: str | None = None
     val_list: str | None = None
     test_list: str | None = None
     class_names_file: str | None = None  # optional: one class name per line, in label order
+    # parquet / hf formats: the image-bytes and label columns (None: image/img/jpg/png/webp, label/labels/cls)
+    image_column: str | None = None
+    label_column: str | None = None
     # ood_lists format: folder holding relative train/val/test lists (default: data.root; absolute lists work too)
     list_root: str | None = None
     strip_components: int = 1  # ood_lists: leading list-path components dropped (the paper's split folder)

@@ -8,6 +8,7 @@ Every failure is a `DataError` whose one-line message names the file.
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from pathlib import Path
@@ -42,11 +43,28 @@ def load_image(
         JPEG decodes at the 1/2 .. 1/8 scale that stays above it; any image still over twice it is resized to it.
     max_pixels: refuse files whose header declares more pixels (None: no limit).
     """
+    return _decode(Path(path), None, mode, max_side, shorter_side, max_pixels)
+
+
+def load_image_bytes(
+    data: bytes,
+    name: str,
+    *,
+    mode: str | None = None,
+    max_side: int | None = None,
+    shorter_side: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """`load_image` for an image held in memory (a tar member, a Parquet cell); `name` (e.g. "shard.tar:key")
+    is what an error message names."""
+    return _decode(name, data, mode, max_side, shorter_side, max_pixels)
+
+
+def _decode(p: Path | str, data: bytes | None, mode, max_side, shorter_side, max_pixels) -> Image.Image:
     if mode not in (None, "RGB", "L"):
         raise ValueError(f"mode must be 'RGB', 'L' or None, got {mode!r}")
-    p = Path(path)
     try:
-        with open_checked(p, max_pixels) as im:
+        with open_checked(p, max_pixels, data) as im:
             target = _target_size(im.size, max_side, shorter_side)
             if target != im.size and im.format == "JPEG":
                 im.draft(im.mode, target)  # libjpeg decodes at 1/2, 1/4 or 1/8 scale, still >= target
@@ -55,7 +73,7 @@ def load_image(
     except DataError:
         raise
     except Exception as e:  # any decoder failure (OSError, SyntaxError, struct.error, ...) is a bad file
-        raise DataError(describe_failure(p, e)) from None
+        raise DataError(describe_failure(p, e, data)) from None
     # shorter_side is a floor to shrink towards: a JPEG decoded at reduced scale is close enough (the transform
     # resizes anyway, and a second resize would cost as much as the decode saved); others shrink when 2x larger
     if shorter_side and min(out.size) <= 2 * shorter_side:
@@ -73,14 +91,17 @@ def _upright(im: Image.Image) -> Image.Image:
         return im.copy()
 
 
-def open_checked(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open `path` reading its header only, refusing a declared size above `max_pixels` (nothing decoded yet)."""
+def open_checked(
+    path: Path | str, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None
+) -> Image.Image:
+    """Open `path` (or the in-memory `data`, named `path`) reading its header only, refusing a declared size
+    above `max_pixels` (nothing decoded yet)."""
     if max_pixels and Image.MAX_IMAGE_PIXELS and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's hard stop is 2x its limit; ours is the one to apply
     try:
-        im = Image.open(path)
+        im = Image.open(path if data is None else io.BytesIO(data))
     except Exception as e:
-        raise DataError(describe_failure(path, e)) from None
+        raise DataError(describe_failure(path, e, data)) from None
     w, h = im.size
     if max_pixels and w * h > max_pixels:
         im.close()
@@ -99,8 +120,8 @@ def check_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, d
         pass
 
 
-def describe_failure(path: Path, e: BaseException) -> str:
-    """One line naming the file and what is wrong with it."""
+def describe_failure(path: Path | str, e: BaseException, data: bytes | None = None) -> str:
+    """One line naming the file (or the in-memory image's name) and what is wrong with it."""
     where = repr(str(path))
     if isinstance(e, FileNotFoundError):
         return f"image {where} does not exist; fix the list file or the dataset root"
@@ -111,7 +132,7 @@ def describe_failure(path: Path, e: BaseException) -> str:
         declared = f"{int(n.group(1)):,} pixels" if n else "more pixels than Pillow allows"
         return _too_big(where, declared)
     hint = "remove it or set data.on_bad_image=skip"
-    if path.is_file() and path.stat().st_size == 0:
+    if (len(data) == 0) if data is not None else (Path(path).is_file() and Path(path).stat().st_size == 0):
         return f"image {where} is empty (0 bytes); {hint}"
     if isinstance(e, UnidentifiedImageError):
         return f"image {where} is corrupt or truncated, or not an image (Pillow cannot identify it); {hint}"

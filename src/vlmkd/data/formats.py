@@ -26,7 +26,9 @@ from vlmkd.data.arrays import (  # noqa: F401  (re-exported: older imports name 
 )
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.ood_lists import ood_lists
+from vlmkd.data.parquet import hf, parquet
 from vlmkd.data.paths import confined_path, is_image_file, read_class_names, require_dir
+from vlmkd.data.shards import wds
 from vlmkd.data.tables import read_tables
 from vlmkd.errors import DataError
 from vlmkd.registry import Registry
@@ -49,6 +51,9 @@ FORMATS.register("fashion_mnist", fashion_mnist)
 FORMATS.register("cifar10", lambda cfg: cifar(cfg, "cifar10"))
 FORMATS.register("cifar100", lambda cfg: cifar(cfg, "cifar100"))
 FORMATS.register("ood_lists", ood_lists)
+FORMATS.register("wds", wds)  # WebDataset tar shards (vlmkd.data.shards)
+FORMATS.register("parquet", parquet)  # Parquet with an image-bytes column (vlmkd.data.parquet)
+FORMATS.register("hf", hf)  # a `datasets` save_to_disk folder
 FORMATS.register("csv", lambda cfg: read_tables(cfg, "csv"))  # path,label[,split] tables: data/tables.py
 FORMATS.register("tsv", lambda cfg: read_tables(cfg, "tsv"))
 FORMATS.register("jsonl", lambda cfg: read_tables(cfg, "jsonl"))

@@ -1,7 +1,9 @@
 """Opening one sample's image, whatever the manifest's backing (files under a root, or an array source).
 
 Files go through `vlmkd.data.decode.load_image` (the one image-file loader: size cap, EXIF orientation, every
-Pillow mode, downscale); arrays come from `vlmkd.data.arrays`. Path helpers are re-exported from
+Pillow mode, downscale); arrays come from `vlmkd.data.arrays`; images inside containers (WebDataset shards,
+Parquet, `datasets` folders: a manifest root "wds:...", "parquet:...", "hf:...") are read by
+`vlmkd.data.sharded.reader` and decoded by the same loader from their bytes. Path helpers are re-exported from
 `vlmkd.data.paths` for the modules that import them from here.
 """
 
@@ -12,10 +14,13 @@ import functools
 import numpy as np
 from PIL import Image
 
+from vlmkd.data import parquet as _parquet  # noqa: F401  (registers the parquet and hf readers)
+from vlmkd.data import shards as _shards  # noqa: F401  (registers the wds reader)
 from vlmkd.data.arrays import load_array_source
-from vlmkd.data.decode import DEFAULT_MAX_PIXELS, check_image, load_image
+from vlmkd.data.decode import DEFAULT_MAX_PIXELS, check_image, load_image, load_image_bytes
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.paths import IMAGE_EXTENSIONS, confined_path, is_image_file
+from vlmkd.data.sharded import reader, scheme_of
 from vlmkd.errors import DataError
 
 __all__ = [
@@ -26,6 +31,7 @@ __all__ = [
     "is_image_file",
     "load_image",
     "open_image",
+    "sample_bytes",
     "sample_path",
     "unreadable_files",
 ]
@@ -63,12 +69,20 @@ def open_image(
             return arr
         im = Image.fromarray(arr)
         return im.convert(mode) if mode and im.mode != mode else im
-    path = confined_path(manifest.root, manifest.paths[i])
-    return load_image(path, mode=mode, max_side=max_side, shorter_side=shorter_side, max_pixels=max_pixels)
+    opts = {"mode": mode, "max_side": max_side, "shorter_side": shorter_side, "max_pixels": max_pixels}
+    if scheme_of(manifest.root):
+        return load_image_bytes(*sample_bytes(manifest, i), **opts)
+    return load_image(confined_path(manifest.root, manifest.paths[i]), **opts)
+
+
+def sample_bytes(manifest: Manifest, i: int) -> tuple[bytes, str]:
+    """(encoded image bytes, a name for messages) of sample i of a container-backed manifest (shards, Parquet)."""
+    return reader(manifest.root).read(manifest.paths[i])
 
 
 def sample_path(manifest: Manifest, i: int) -> str:
-    """How a report names sample i: its file path under the root, else its id."""
+    """How a report names sample i: its file path under the root, else its id. Samples inside shards or Parquet
+    are named by their key (the original relative path of packed files), as the bad-image lists key them."""
     return manifest.paths[i] if manifest.paths is not None else str(manifest.ids[i])
 
 
@@ -92,7 +106,10 @@ def unreadable_files(
 
     def reason(item: tuple[str, str]) -> str | None:
         try:
-            check_image(confined_path(item[1], item[0]), max_pixels, decode=decode)
+            if scheme_of(item[1]):  # inside a container: the bytes are read anyway, so always decode
+                load_image_bytes(*reader(item[1]).read(item[0]), max_side=64, max_pixels=max_pixels)
+            else:
+                check_image(confined_path(item[1], item[0]), max_pixels, decode=decode)
         except DataError as e:
             return str(e)
         return None
