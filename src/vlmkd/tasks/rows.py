@@ -1,6 +1,6 @@
-"""Per-sample rows of the training artifacts, read one sample at a time from memory-mapped float16 stores.
+"""Per-sample rows of the training artifacts, read one sample at a time from float16 .npy stores.
 
-A `StoreRows` never holds an N-row copy: it keeps the .npy path (the memory map is opened lazily in each process,
+A `StoreRows` never holds an N-row copy: it keeps the .npy path (read row by row, opened lazily in each process,
 so DataLoader workers and DDP ranks share the file through the page cache) and, for stores with several rows per
 sample, an int32 N x n map from sample to store row (-1 where a row is missing). Random choices (which
 description, which cached teacher view) are a function of (seed, epoch, sample index, salt) only, so they do not
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmkd.errors import ConfigError
+from vlmkd.utils.rowread import RowReader, open_rows
 
 COMBINE = ("one", "pick", "average", "mean")
 
@@ -44,7 +45,7 @@ class StoreRows:
         self.path, self.combine, self.seed, self.salt = str(path), combine, int(seed), int(salt)
         self.index_path = str(index) if isinstance(index, (str, Path)) else None
         self._index = None if self.index_path else index
-        self._array: np.ndarray | None = None
+        self._array: RowReader | None = None
         if self._index is not None and self._index.ndim == 1:
             self._index = self._index[:, None]
 
@@ -56,15 +57,15 @@ class StoreRows:
         return state
 
     @property
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+    def array(self) -> RowReader:
+        if self._array is None:  # rows read by offset, not mapped: see vlmkd.utils.rowread
+            self._array = open_rows(self.path)
         return self._array
 
     @property
-    def index(self) -> np.ndarray | None:
+    def index(self) -> np.ndarray | RowReader | None:
         if self._index is None and self.index_path:
-            self._index = np.load(self.index_path, mmap_mode="r", allow_pickle=False)
+            self._index = open_rows(self.index_path)
         return self._index
 
     @property
