@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 from vlmkd.errors import BackendError, ConfigError
+from vlmkd.utils.logging import log
 
 
 class AllServersDown(BackendError):
@@ -39,6 +40,7 @@ class Endpoint:
     down_streak: int = 0
     ok_streak: int = 0
     requests: int = 0
+    down_events: int = 0  # times it went from answering to refusing connections (warned each time)
 
     @property
     def load(self) -> float:
@@ -97,6 +99,8 @@ class EndpointPool:
         with self.cond:
             e.inflight -= 1
             if outcome == "ok":
+                if e.down_streak:
+                    log.info("describe: server %s answers again; sending it requests", e.url)
                 e.down_streak = 0
                 e.ok_streak += 1
                 if e.ok_streak >= e.limit and e.limit < e.max_limit:
@@ -109,8 +113,22 @@ class EndpointPool:
                 e.down_streak += 1
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** (e.down_streak - 1))
                 e.backoff_until = time.monotonic() + delay
+                if e.down_streak == 1:  # it was answering: say so once, not on every failed probe
+                    e.down_events += 1
+                    others = sum(o.down_streak == 0 for o in self.endpoints)
+                    log.warning(
+                        "describe: server %s stopped accepting connections; %s; probing it again in %.0f s",
+                        e.url,
+                        f"its requests go to the {others} other server(s)"
+                        if others
+                        else "no other server answers",
+                        delay,
+                    )
             self.cond.notify_all()
 
     def summary(self) -> list[dict]:
         with self.cond:
-            return [{"url": e.url, "requests": e.requests, "limit": e.limit} for e in self.endpoints]
+            return [
+                {"url": e.url, "requests": e.requests, "limit": e.limit, "down_events": e.down_events}
+                for e in self.endpoints
+            ]

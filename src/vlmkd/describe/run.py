@@ -273,6 +273,7 @@ def describe_manifest(
     t0 = time.time()
     tally = _run(describer, manifest, idx, todo_keys, n, rlog, cfg, on_bad_image)
     _report(tally, len(idx), time.time() - t0, len(missing))
+    _report_servers(describer)
     split.barrier()
     if merge and (rank == 0 or not split.collective):
         merge_view(manifest, cfg, identity, n, keys if world == 1 else None)
@@ -311,6 +312,20 @@ def _report(tally: Tally, todo: int, seconds: float, unreadable: int) -> None:
         log.warning(
             "describe: %d descriptions failed (%s); rerun to retry them", tally.failed, tally.reason()
         )
+
+
+def _report_servers(describer: Any) -> None:
+    """Name every server that stopped answering during the run (the warning at the time may have scrolled by)."""
+    pool = getattr(getattr(describer, "client", None), "pool", None)
+    for s in pool.summary() if pool is not None else []:
+        if s["down_events"]:
+            log.warning(
+                "describe: server %s stopped accepting connections %d time(s) during this run; %d requests "
+                "were sent to it, the other servers took the rest",
+                s["url"],
+                s["down_events"],
+                s["requests"],
+            )
 
 
 def merge_view(
