@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlmkd.cli import main
 from vlmkd.engine.checkpoint import export_student
-from vlmkd.export.classes import build_encoder
+from vlmkd.export.encode import build_encoder
 from vlmkd.predict import build_transform, load_model, predict
 from vlmkd.students import create_student
 

@@ -88,9 +88,12 @@ def test_task_uses_the_learned_class_text_and_eval_sees_it():
     learner = learner_for(encoder, init="a photo of a")
     student = torch.nn.Linear(8, encoder.dim)
     student_fn = _DictOut(student)
-    task = DistillTask(student_fn, [LossSpec("cls", 1.0, LOSSES.build("vl_cls", temperature=0.07))])
-    task.prompt_learner = learner
-    assert any(p is learner.ctx for p in task.trainable_parameters())
+    terms = [LossSpec("cls", 1.0, LOSSES.build("vl_cls", temperature=0.07))]
+    task = DistillTask(student_fn, terms, prompt_learner=learner)
+    assert any(
+        p is learner.ctx for p in task.state.parameters()
+    )  # one trainable state: DDP and checkpoint see it
+    assert "prompt_learner.ctx" in task.state.state_dict()
     view = LearnedClassText(learner, {"train": NAMES, "ood_test": NAMES[1:]})
     before = view["train"]
     batch = {"image": torch.randn(6, 8), "label": torch.tensor([0, 1, 2, 0, 1, 2])}
@@ -120,12 +123,13 @@ def test_coop_config_and_its_errors():
     from types import SimpleNamespace
 
     from vlmkd.config import load_config
-    from vlmkd.text.coop import _prompt_texts, attach_coop
+    from vlmkd.tasks.build import _prompt_texts, build_task
 
     cfg = load_config(None, ["text.coop.enabled=true", "text.coop.class_specific=true", "text.coop.n_ctx=8"])
     assert cfg.text.coop.enabled and cfg.text.coop.class_specific and cfg.text.coop.init == "a photo of a"
-    with pytest.raises(ConfigError, match="vl_cls"):
-        attach_coop(SimpleNamespace(needed={"logits", "labels"}), None, cfg, {}, torch.device("cpu"))
+    train = SimpleNamespace(class_counts=lambda: np.array([3, 2]))
+    with pytest.raises(ConfigError, match="vl_cls"):  # the default `cls: ce` reads no class texts
+        build_task(cfg, {"train": train}, torch.device("cpu"))
     bad = load_config(None, ["text.coop.texts=sentences", "text.class_embeddings=/nonexistent"])
     with pytest.raises(ConfigError, match="names or class_texts"):
         _prompt_texts(bad)

@@ -84,3 +84,21 @@ def test_the_checker_sees_function_local_imports(tmp_path):
     tree = ast.parse("def f():\n    from vlmkd.tasks.build import build_task\n")
     found = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert found == ["vlmkd.tasks.build"]
+
+
+def module_edges() -> set[tuple[str, str]]:
+    """(importing module, imported module) between vlmkd modules, function-local imports included."""
+    out = set()
+    for path in SRC.rglob("*.py"):
+        mod = "vlmkd." + ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.startswith("vlmkd."):
+                    out.add((mod, node.module))
+    return out
+
+
+def test_no_two_modules_import_each_other():
+    edges_ = module_edges()
+    both = sorted(f"{a} <-> {b}" for a, b in edges_ if (b, a) in edges_ and a < b)
+    assert not both, both

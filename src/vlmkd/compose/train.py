@@ -113,7 +113,7 @@ def build_run(cfg: Config, run_dir: str | Path, resume: bool = False) -> Trainin
     task.to(device)
     reseed_per_rank(cfg.train.seed, info.rank)  # after init: dropout differs per rank, the weights do not
     data = train_data(cfg, manifests["train"], extras, info)
-    optimizer = build_optimizer([p for p in task.state.parameters() if p.requires_grad], cfg.optim)
+    optimizer = build_optimizer(task.trainable_parameters(), cfg.optim)
     total = data.steps_per_epoch * cfg.train.epochs
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)

@@ -8,12 +8,10 @@ DescriptionStore(folder).load()                                    # {"sample_id
 
 from __future__ import annotations
 
-from typing import Any
-
 from vlmkd.describe import hf as _hf  # noqa: F401  (registers "transformers")
 from vlmkd.describe import http as _http  # noqa: F401  (registers "openai")
 from vlmkd.describe import interrogate as _interrogate  # noqa: F401  (registers "interrogate")
-from vlmkd.describe.base import DESCRIBERS, Description
+from vlmkd.describe.base import DESCRIBERS, Description, build_describer, list_describers
 from vlmkd.describe.estimate import estimate_cost
 from vlmkd.describe.run import describe_manifest, description_key, merge_view
 from vlmkd.describe.store import DescriptionStore
@@ -31,18 +29,3 @@ __all__ = [
     "merge_view",
     "parse_shard",
 ]
-
-
-def list_describers() -> list[str]:
-    return DESCRIBERS.names()
-
-
-def build_describer(cfg: Any, teacher: Any = None) -> Any:
-    """The describer named by `cfg.backend` (a DescribeConfig). `teacher`: the contrastive model for interrogate."""
-    from vlmkd.describe.base import check_n
-
-    check_n(cfg)
-    cls = DESCRIBERS.get(cfg.backend)
-    if cfg.backend == "interrogate":
-        return cls(cfg, teacher=teacher)
-    return cls(cfg)

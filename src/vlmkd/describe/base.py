@@ -76,3 +76,16 @@ def check_n(cfg: Any) -> None:
         raise ConfigError(
             "describe.n_descriptions > 1 with greedy decoding repeats the same text; set describe.do_sample=true"
         )
+
+
+def list_describers() -> list[str]:
+    return DESCRIBERS.names()
+
+
+def build_describer(cfg: Any, teacher: Any = None) -> Any:
+    """The describer named by `cfg.backend` (a DescribeConfig). `teacher`: the contrastive model for interrogate."""
+    check_n(cfg)
+    cls = DESCRIBERS.get(cfg.backend)
+    if cfg.backend == "interrogate":
+        return cls(cfg, teacher=teacher)
+    return cls(cfg)

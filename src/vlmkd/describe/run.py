@@ -250,7 +250,7 @@ def describe_manifest(
     The view is written when every row of the manifest is in the log and `merge` is true; read it with
     `DescriptionStore(folder)`. Raises BackendError when the failure rate passes `cfg.max_failure_rate`.
     """
-    from vlmkd.describe import build_describer
+    from vlmkd.describe.base import build_describer
 
     describer = describer or build_describer(cfg, teacher)
     n, identity = int(cfg.n_descriptions), describer.identity()

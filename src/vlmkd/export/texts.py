@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.export.encode import build_encoder, embed_classes
 
 DEFAULT_TEMPLATES = ["a photo of a {name}."]
 
@@ -90,7 +91,6 @@ def resolve_classes(
     """(texts per class, C x D L2-normalised rows, the encoder if one was built) for class names: the library's
     rows where it has the name (and no explicit text is given), else its texts or templates embedded by
     `encoder` (default: the library's encoder)."""
-    from vlmkd.export.classes import build_encoder, embed_classes
 
     if texts is not None and len(texts) != len(names):
         raise ConfigError(f"{len(names)} names but {len(texts)} texts; give one text per name or none")

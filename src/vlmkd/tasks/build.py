@@ -20,7 +20,7 @@ from vlmkd.errors import ConfigError
 from vlmkd.losses import LOSSES
 from vlmkd.students import create_student
 from vlmkd.students.io import load_student
-from vlmkd.tasks.distill import STUDENT_OUTPUTS, DistillTask, LossSpec, TrainableState
+from vlmkd.tasks.distill import STUDENT_OUTPUTS, DistillTask, LossSpec
 from vlmkd.tasks.providers import BuildContext, build_providers
 from vlmkd.tasks.sources import class_text_matrix
 from vlmkd.text.coop import LearnedClassText, build_prompt_learner
@@ -100,6 +100,8 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
     needed = {n for t in terms for n in t.module.inputs}
     if needed & {"proj", "embedding"} and cfg.model.head == "classifier":
         raise ConfigError("a loss uses the student's embedding; set model.head=both (or embedding)")
+    if cfg.text.coop.enabled and "class_text" not in needed:
+        raise ConfigError("text.coop.enabled needs a loss on class texts, e.g. losses.cls.name=vl_cls")
 
     ctx = BuildContext(cfg, manifests, device)
     eval_spec = EvalSpec()
@@ -139,13 +141,10 @@ def build_task(cfg: Config, manifests: dict[str, Manifest], device: torch.device
     student = _student(cfg, train, head, embed_dim)
     learner = None
     if cfg.text.coop.enabled:  # CoOp (vlmkd.text.coop): the class_text input becomes learned
-        if "class_text" not in needed:
-            raise ConfigError("text.coop.enabled needs a loss on class texts, e.g. losses.cls.name=vl_cls")
         class_texts, dim = _prompt_texts(cfg)
         learner = build_prompt_learner(cfg.text.coop, cfg.embed, class_texts, dim, train.class_names, device)
         eval_spec.learned = {s: m.class_names for s, m in manifests.items() if s in eval_spec.class_text}
-    state = TrainableState(student, {t.name: t.module for t in terms}, learner)
-    task = DistillTask(state, terms, providers, cfg.train.gather, cfg.train.local_loss)
+    task = DistillTask(student, terms, providers, cfg.train.gather, cfg.train.local_loss, learner)
     return task, task.row_sources, eval_spec
 
 

@@ -53,23 +53,25 @@ class TrainableState(nn.Module):
 
 
 class DistillTask(nn.Module):
-    """The unit of training: `state` (the one trainable module) + frozen providers + the weighted terms.
+    """The unit of training: `state` (the one trainable module: student, the terms' parameters, `prompt_learner`)
+    + frozen providers + the weighted terms.
 
     DDP wraps the task: its parameters are exactly `state`'s, because the providers (teachers, cached stores) are
     kept outside the module tree."""
 
     def __init__(
         self,
-        state: TrainableState,
+        student: nn.Module,
         terms: list[LossSpec],
         providers: dict[str, nn.Module] | None = None,
         gather: bool = True,
         local_loss: bool = False,
+        prompt_learner: nn.Module | None = None,
     ):
         super().__init__()
         if not terms:
             raise ConfigError("no loss term is enabled; give at least one term in `losses` with weight > 0")
-        self.state = state
+        self.state = TrainableState(student, {t.name: t.module for t in terms}, prompt_learner)
         self.terms = terms
         # frozen input providers: outside the module tree (never trained or checkpointed); _apply moves them
         self.__dict__["providers"] = dict(providers or {})
@@ -79,6 +81,9 @@ class DistillTask(nn.Module):
     @property
     def student(self) -> nn.Module:
         return self.state.student
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.state.parameters() if p.requires_grad]
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
