@@ -1,10 +1,11 @@
 """`vlmkd describe --dry-run`: describe a few images (nothing stored), extrapolate time and tokens to the split.
 
 One time model gives every figure: the sample's measured throughput with the configured servers (after one
-untimed warm-up request, image loading not counted) times the split. `estimated_seconds` is that figure for the
-configured server count, and `estimated_seconds_by_servers[s]` scales it by configured/s, so the entry for the
-configured count IS `estimated_seconds` (they once came from two models: 71.9 s next to 2.13 s for 2 servers, for
-a run that took 29.5 s). The scaling assumes every added server is as fast as the measured ones.
+untimed warm-up request) times the split, in two parts: reading the images (the client's, as fast with any number
+of servers) and the requests. `estimated_seconds` is the sum for the configured server count, and
+`estimated_seconds_by_servers[s]` scales the request part by configured/s, so the entry for the configured count
+IS `estimated_seconds` (they once came from two models: 71.9 s next to 2.13 s for 2 servers, for a run that took
+29.5 s). The scaling assumes every added server is as fast as the measured ones.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ def estimate_cost(manifest: Manifest, cfg: Any, describer: Any, sample: int = 16
     if getattr(describer, "client", None) is not None:
         describer.client.latencies.clear()  # the reported latency is the sample's
     tally = Tally()
-    images = _load(manifest, idx, max_side)  # loading overlaps describing in a real run: not timed
-    keys = np.zeros(len(idx), dtype="S32")
     t0 = time.monotonic()
+    # a run reads every image to key it by content before any request (the second read, to send it, overlaps
+    # the requests): that part is the client's and does not shrink with more servers
+    images = _load(manifest, idx, max_side)
+    t1 = time.monotonic()
+    keys = np.zeros(len(idx), dtype="S32")
     rows = describe_chunk(describer, manifest, idx, keys, images, n, "skip", tally)
     dt = time.monotonic() - t0
+    read_s, describe_s = (t1 - t0) / len(idx) * len(manifest), (dt - (t1 - t0)) / len(idx) * len(manifest)
     ok = [r for r in rows if r["status"] == "ok"]
 
     def per_description(col: str) -> float | None:
@@ -42,13 +47,13 @@ def estimate_cost(manifest: Manifest, cfg: Any, describer: Any, sample: int = 16
         return float(np.mean(v)) if v else None
 
     pt, ct, total = per_description("prompt_tokens"), per_description("completion_tokens"), len(manifest) * n
-    seconds = dt / len(idx) * len(manifest)
     return {
         "backend": describer.backend,
         "sample_images": len(idx),
         "sample_seconds": round(dt, 3),
         "images_per_second": round(len(idx) / max(dt, 1e-9), 3),
-        "estimated_seconds": round(seconds, 2),
+        "estimated_seconds": round(read_s + describe_s, 2),
+        "estimated_read_seconds": round(read_s, 2),
         "descriptions": total,
         "failure_rate": round(tally.failed / max(tally.ok + tally.failed, 1), 3),
         "failure_reasons": [f"{t} ({c}x)" for t, c in tally.errors.most_common(3)],
@@ -58,12 +63,13 @@ def estimate_cost(manifest: Manifest, cfg: Any, describer: Any, sample: int = 16
         "estimated_prompt_tokens": round(pt * total) if pt is not None else None,
         "estimated_completion_tokens": round(ct * total) if ct is not None else None,
         "examples": [r["text"] for r in ok[:3]],
-        **_wall_by_servers(describer, seconds),
+        **_wall_by_servers(describer, read_s, describe_s),
     }
 
 
-def _wall_by_servers(describer: Any, seconds: float) -> dict[str, Any]:
-    """The one estimate at 1, 2, 4, 8 servers: measured with the configured servers, scaled by their count."""
+def _wall_by_servers(describer: Any, read_s: float, describe_s: float) -> dict[str, Any]:
+    """The one estimate at 1, 2, 4, 8 servers: the request part measured with the configured servers, scaled by
+    their count; the client's reading stays as it is."""
     client = getattr(describer, "client", None)
     if client is None:  # one local model (transformers, interrogate): no servers to add
         return {}
@@ -73,6 +79,6 @@ def _wall_by_servers(describer: Any, seconds: float) -> dict[str, Any]:
         "per_request_latency_s": round(latency, 4) if latency else None,
         "servers_measured": configured,
         "estimated_seconds_by_servers": {
-            str(s): round(seconds * configured / s, 2) for s in sorted({1, 2, 4, 8, configured})
+            str(s): round(read_s + describe_s * configured / s, 2) for s in sorted({1, 2, 4, 8, configured})
         },
     }
