@@ -92,8 +92,10 @@ class ClipTeacherConfig:
 
     name: str | None = None  # open_clip:ViT-L-14/openai | hf:openai/clip-vit-large-patch14 | domain:PATH
     revision: str | None = None
-    view: str = "clean"  # clean (cached, the paper) | consistent (live, augmented view) | augmented_k
-    num_views: int = 1
+    # clean (cached, the paper) | consistent (live, augmented view) | augmented_k | replay (K views drawn from the
+    # student's own training transform, cached with their parameters and replayed for the student)
+    view: str = "clean"
+    num_views: int = 1  # K for augmented_k and replay
     batch_size: int = 128
     cache_dir: str = "artifacts/teacher_features"
     shard_size: int = 2048  # rows per cache shard: the unit of resume and of the split across processes

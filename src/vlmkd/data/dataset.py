@@ -81,8 +81,18 @@ class ManifestDataset(Dataset):
         return open_image(self.manifest, i, as_array, **self.decode_options)
 
     def _item(self, j: int, img, aug_index: int) -> dict[str, Any]:
-        """Sample j's item; augmentation drawn for `aug_index` (a stand-in gets the draw of the sample it replaces)."""
-        item = {"image": self._transform(img, aug_index), "label": int(self.manifest.labels[j]), "index": j}
+        """Sample j's item; augmentation drawn for `aug_index` (a stand-in gets the draw of the sample it replaces).
+
+        Replayed views (an extra with `view(i, epoch)`, `vlmkd.tasks.rows.ReplayRows`): the image is sample j's
+        stored view for this epoch, replayed from its parameters, so it is the crop the teacher saw; "view" says
+        which of the K stored views it is (the extras' rows are that view's)."""
+        replay = next((a for a in self.extras.values() if hasattr(a, "view")), None)
+        if replay is None:
+            item = {"image": self._transform(img, aug_index)}
+        else:
+            v, params = replay.view(j, self.epoch)
+            item = {"image": self.transform.replay(img, params), "view": v}
+        item.update(label=int(self.manifest.labels[j]), index=j)
         for name, arr in self.extras.items():  # row sources with `row(i, epoch)` choose per (seed, epoch, i)
             row = arr.row(j, self.epoch) if hasattr(arr, "row") else arr[j]
             item[name] = torch.from_numpy(np.asarray(row, dtype=np.float32))

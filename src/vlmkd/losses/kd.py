@@ -45,6 +45,23 @@ class SoftKD(nn.Module):
         return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
 
 
+def densify_topk(values: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """B x C teacher log-probabilities from stored top-k probabilities (B x k) and their classes (B x k).
+
+    As Apple ml-dr's "smooth" densify: the k stored probabilities in place, the remaining mass 1 - sum spread
+    evenly over the other C - k classes. Log-probabilities serve as logits: log_softmax(log p / T) is the teacher's
+    own softmax at temperature T on the stored classes (softmax(z / T) is proportional to p^(1/T)), so KD at any
+    temperature reads them like dense logits. Probabilities are floored at 1e-8 (below float16's resolution of the
+    stored values) so that no class has log 0, which would make KL's 0 * log 0 a NaN.
+    """
+    values = values.float()
+    k = values.shape[-1]
+    rest = (1.0 - values.sum(-1, keepdim=True)).clamp(min=0.0) / max(num_classes - k, 1)
+    dense = rest.expand(-1, num_classes).clone().scatter_(-1, indices.long(), values)
+    dense = dense / dense.sum(-1, keepdim=True)  # float16 rounding can leave the total off 1
+    return dense.clamp(min=1e-8).log()
+
+
 @LOSSES.register("hard_kd")
 class HardKD(nn.Module):
     """DeiT hard distillation: cross-entropy of the student against the teacher's argmax class."""

@@ -24,6 +24,7 @@ from torch import nn
 from vlmkd.config import Config
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ConfigError
+from vlmkd.losses.kd import densify_topk
 from vlmkd.registry import Registry
 
 PROVIDERS = Registry("loss input provider")
@@ -88,6 +89,20 @@ class ZeroShotLogits(Provider):
     def forward(self, batch, out):
         feats = batch["teacher_logits"].float()  # the rows are the cached features (views averaged)
         return self.scale * F.normalize(feats, dim=-1) @ self.class_text.T
+
+
+class SparseLogits(Provider):
+    """KD logits from stored top-k teacher probabilities: the batch rows are [values, indices] (`SparseRows`),
+    densified here per batch to log-probabilities (`vlmkd.losses.kd.densify_topk`)."""
+
+    def __init__(self, rows: Any, num_classes: int):
+        super().__init__("teacher_logits", rows)
+        self.num_classes = int(num_classes)
+
+    def forward(self, batch, out):
+        x = batch["teacher_logits"]
+        k = x.shape[-1] // 2
+        return densify_topk(x[:, :k], x[:, k:].round().long(), self.num_classes)
 
 
 class LiveTeacher(Provider):
@@ -160,8 +175,13 @@ def teacher_features(ctx: BuildContext) -> Provider:
 
         rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "pick", SALT["teacher_features"])
         return Provider("teacher_features", rows, dim=rows.dim)
+    if cfg.clip.view == "replay":
+        rows = _replay_rows(ctx)
+        return Provider("teacher_features", rows, dim=rows.dim)
     if cfg.clip.view != "consistent":
-        raise ConfigError(f"clip.view must be clean, augmented_k or consistent, got {cfg.clip.view!r}")
+        raise ConfigError(
+            f"clip.view must be clean, augmented_k, replay or consistent, got {cfg.clip.view!r}"
+        )
     if not cfg.clip.name:
         raise ConfigError("clip.view=consistent needs clip.name (the teacher runs live on each batch)")
     teacher, view = _clip_teacher(ctx)
@@ -182,12 +202,52 @@ def teacher_logits(ctx: BuildContext) -> Provider:
     )
     if cfg.teacher.mode == "live":
         return LiveTeacher("teacher_logits", teacher.eval().requires_grad_(False))
+    if cfg.teacher.view == "replay":
+        return _replayed_vision_logits(ctx, teacher, teacher_id)
+    if cfg.teacher.view != "clean":
+        raise ConfigError(f"teacher.view must be clean or replay, got {cfg.teacher.view!r}")
     from vlmkd.tasks.rows import StoreRows
 
     logits = cached_teacher_logits(
         teacher, teacher_id, ctx.train, cfg.data, cfg.teacher.cache_dir, ctx.device
     )
     return Provider("teacher_logits", StoreRows(logits.filename))
+
+
+def _replay_rows(ctx: BuildContext, teacher: Any = None):
+    """The CLIP teacher's features on K replayed views (`vlmkd teach` with clip.view=replay; computed when
+    missing), served with the views' parameters so the dataset replays them for the student."""
+    from vlmkd.tasks.rows import ReplayRows
+    from vlmkd.teachers.features import teacher_features, view_params_path
+
+    cfg = ctx.cfg
+    if not cfg.clip.name:
+        raise ConfigError("clip.view=replay needs clip.name (the teacher whose features are cached)")
+    teacher = teacher or _clip_teacher(ctx)[0]
+    feats = teacher_features(teacher, ctx.train, cfg.clip, device=str(ctx.device), data_cfg=cfg.data)
+    return ReplayRows(feats.filename, view_params_path(feats), cfg.train.seed)
+
+
+def _replayed_vision_logits(ctx: BuildContext, teacher: Any, teacher_id: str) -> Provider:
+    """A vision teacher's top-k probabilities on clip.num_views replayed views (computed when missing)."""
+    from vlmkd.tasks.rows import ReplaySparseRows
+    from vlmkd.teachers.replay import replayed_teacher_logits
+
+    cfg = ctx.cfg
+    folder = replayed_teacher_logits(
+        teacher,
+        teacher_id,
+        ctx.train,
+        cfg.data,
+        cfg.teacher.cache_dir,
+        ctx.device,
+        cfg.clip.num_views,
+        cfg.teacher.topk,
+    )
+    rows = ReplaySparseRows(
+        folder / "topk_values.npy", folder / "topk_indices.npy", folder / "params.npy", cfg.train.seed
+    )
+    return SparseLogits(rows, ctx.train.num_classes)
 
 
 def _clip_teacher(ctx: BuildContext):
@@ -211,7 +271,12 @@ def _zero_shot_teacher(ctx: BuildContext) -> Provider:
 
         teacher, _ = _clip_teacher(ctx)
         check_teacher_texts(teacher, cfg, ctx.train.class_names, class_text_arr)
-        rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "mean", teacher=teacher)
+        if (
+            cfg.clip.view == "replay"
+        ):  # the replayed view's features: the teacher classifies the student's crop
+            rows = _replay_rows(ctx, teacher)
+        else:
+            rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "mean", teacher=teacher)
         check_same_space(rows.dim, class_text_arr.shape[1])
         return ZeroShotLogits(rows, class_text_arr, cfg.teacher.zero_shot_temperature)
     from vlmkd.teachers.zero_shot import ZeroShotClassifier

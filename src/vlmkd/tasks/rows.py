@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmkd.errors import ConfigError
+from vlmkd.teachers.replay import VIEW_SALT
 from vlmkd.utils.rowread import RowReader, open_rows
 
 COMBINE = ("one", "pick", "average", "mean")
@@ -124,3 +125,100 @@ class LabelRows:
 
     def row(self, i: int, epoch: int = 0) -> np.ndarray:
         return self[i]
+
+
+class ReplayRows(StoreRows):
+    """Replayed views (`clip.view=replay`): an N x K x D store and its N x K x P view parameters.
+
+    At epoch e, sample i replays view v = pick(seed, e, i, VIEW_SALT, K): `view(i, e)` gives (v, its parameters),
+    which the dataset applies to the student's image, and `row(i, e)` the teacher's output for that same view.
+    Every replayed store uses the same salt, so features and logits of one sample always name the same view.
+    """
+
+    def __init__(self, path: str | Path, params_path: str | Path, seed: int = 0):
+        super().__init__(path, None, "pick", seed, VIEW_SALT)
+        self.params_path = str(params_path)
+        self._params: RowReader | None = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_params"] = None
+        return state
+
+    @property
+    def params(self) -> RowReader:
+        if self._params is None:
+            self._params = open_rows(self.params_path)
+        return self._params
+
+    @property
+    def num_views(self) -> int:
+        return int(self.array.shape[1])
+
+    def choice(self, i: int, epoch: int) -> int:
+        return pick(self.seed, epoch, i, self.salt, self.num_views)
+
+    def view(self, i: int, epoch: int = 0) -> tuple[int, np.ndarray]:
+        v = self.choice(i, epoch)
+        return v, np.asarray(self.params[i, v])
+
+    def row(self, i: int, epoch: int = 0) -> np.ndarray:
+        return np.asarray(self.array[i, self.choice(i, epoch)], dtype=np.float32)
+
+
+class SparseRows:
+    """Top-k teacher probabilities (`vlmkd.teachers.replay.sparsify_topk`): values N (x K) x k float16 and class
+    indices N (x K) x k int32. Row i is [values, indices] as one float32 vector of 2k (indices are exact in float32
+    below 2^24 classes), of the same view `ReplayRows` replays (K views) or of the clean view; the task splits and
+    densifies it per batch (`vlmkd.losses.kd.densify_topk`)."""
+
+    def __init__(self, values_path: str | Path, indices_path: str | Path, seed: int = 0):
+        self.values_path, self.indices_path, self.seed = str(values_path), str(indices_path), int(seed)
+        self._values: RowReader | None = None
+        self._indices: RowReader | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_values": None, "_indices": None}
+
+    def _open(self) -> tuple[RowReader, RowReader]:
+        if self._values is None or self._indices is None:
+            self._values = open_rows(self.values_path)
+            self._indices = open_rows(self.indices_path)
+        return self._values, self._indices
+
+    def __len__(self) -> int:
+        return len(self._open()[0])
+
+    @property
+    def k(self) -> int:
+        return int(self._open()[0].shape[-1])
+
+    def row(self, i: int, epoch: int = 0) -> np.ndarray:
+        values, indices = self._open()
+        if values.ndim == 3:
+            i = (i, pick(self.seed, epoch, i, VIEW_SALT, values.shape[1]))
+        return np.concatenate([np.asarray(values[i], np.float32), np.asarray(indices[i], np.float32)])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.row(i, 0)
+
+
+class ReplaySparseRows(SparseRows):
+    """Top-k rows of replayed views with their N x K x P parameters: serves `view(i, epoch)` like ReplayRows, so a
+    run whose only replayed store is a vision teacher's logits still replays the views the teacher saw."""
+
+    def __init__(
+        self, values_path: str | Path, indices_path: str | Path, params_path: str | Path, seed: int = 0
+    ):
+        super().__init__(values_path, indices_path, seed)
+        self.params_path = str(params_path)
+        self._params: RowReader | None = None
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "_params": None}
+
+    def view(self, i: int, epoch: int = 0) -> tuple[int, np.ndarray]:
+        if self._params is None:
+            self._params = open_rows(self.params_path)
+        v = pick(self.seed, epoch, i, VIEW_SALT, self._params.shape[1])
+        return v, np.asarray(self._params[i, v])

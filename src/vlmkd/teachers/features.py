@@ -10,6 +10,7 @@ and the manifest's content, so switching any of them never reuses stale features
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -25,8 +26,9 @@ from vlmkd.data.dataset import collate_skip
 from vlmkd.data.images import open_image
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ArtifactError, ConfigError, DataError
+from vlmkd.teachers.replay import ReplayedViews, param_shape, replay_recipe
 from vlmkd.utils.dist import work_split
-from vlmkd.utils.io import artifact_key, load_npy, read_json, write_json
+from vlmkd.utils.io import artifact_key, load_npy, read_json, save_npy, write_json
 from vlmkd.utils.progress import progress
 from vlmkd.utils.provenance import record_artifact, record_model
 from vlmkd.utils.rng import seeded_call
@@ -35,8 +37,10 @@ from vlmkd.utils.sharded import ShardedRows, spans
 log = logging.getLogger("vlmkd")
 
 SHARD_SIZE = 2048  # rows per shard: the unit of resume
+PARAM_PARTS = "param_shards"  # replayed views: the view parameters' shards
 CACHE_FORMAT = 1
-CACHED_VIEWS = ("clean", "augmented_k")
+CACHED_VIEWS = ("clean", "augmented_k", "replay")
+MULTI_VIEWS = ("augmented_k", "replay")  # N x K x D caches
 # The augmented views' recipe is part of their key: change it here and old caches stop matching.
 AUGMENT = {
     "crop": "RandomResizedCrop",
@@ -50,8 +54,9 @@ AUGMENT = {
 # ------------------------------------------------------------------------------------------------- keys
 
 
-def feature_key(teacher: Any, manifest: Manifest, clip_cfg: Any) -> dict[str, Any]:
-    """What the cached features depend on (its sha256 is the cache key)."""
+def feature_key(teacher: Any, manifest: Manifest, clip_cfg: Any, data_cfg: Any = None) -> dict[str, Any]:
+    """What the cached features depend on (its sha256 is the cache key); replayed views also depend on the
+    student's training transform (`data_cfg`), which draws them."""
     view = _check_view(clip_cfg)
     key = {
         "format": CACHE_FORMAT,
@@ -65,13 +70,16 @@ def feature_key(teacher: Any, manifest: Manifest, clip_cfg: Any) -> dict[str, An
     }
     if view == "augmented_k":
         key["augment"] = AUGMENT
+    if view == "replay":  # the student's own views: pre_resize does not apply (the recipe's transform does)
+        key["replay"] = replay_recipe(data_cfg)
+        return key
     if getattr(clip_cfg, "pre_resize", None):  # only when set: caches made without it keep their keys
         key["pre_resize"] = {"size": int(clip_cfg.pre_resize), "mode": "squash", "interpolation": "bilinear"}
     return key
 
 
-def cache_folder(teacher: Any, manifest: Manifest, clip_cfg: Any) -> Path:
-    return Path(clip_cfg.cache_dir) / artifact_key(feature_key(teacher, manifest, clip_cfg))[:16]
+def cache_folder(teacher: Any, manifest: Manifest, clip_cfg: Any, data_cfg: Any = None) -> Path:
+    return Path(clip_cfg.cache_dir) / artifact_key(feature_key(teacher, manifest, clip_cfg, data_cfg))[:16]
 
 
 def _check_view(clip_cfg: Any) -> str:
@@ -79,17 +87,18 @@ def _check_view(clip_cfg: Any) -> str:
     if view == "consistent":
         raise ConfigError(
             "clip.view=consistent is not cacheable: that mode runs the teacher live on the student's augmented "
-            "view (the training task does it); cache clip.view=clean or augmented_k"
+            "view (the training task does it); cache clip.view=clean, augmented_k or replay (the student's own "
+            "views, replayed: consistent teaching at cached cost)"
         )
     if view not in CACHED_VIEWS:
-        raise ConfigError(f"clip.view must be clean, consistent or augmented_k, got {view!r}")
-    if view == "augmented_k" and clip_cfg.num_views < 1:
-        raise ConfigError(f"clip.num_views must be >= 1 for clip.view=augmented_k, got {clip_cfg.num_views}")
+        raise ConfigError(f"clip.view must be clean, consistent, augmented_k or replay, got {view!r}")
+    if view in MULTI_VIEWS and clip_cfg.num_views < 1:
+        raise ConfigError(f"clip.num_views must be >= 1 for clip.view={view}, got {clip_cfg.num_views}")
     return view
 
 
 def _num_views(clip_cfg: Any) -> int:
-    return int(clip_cfg.num_views) if clip_cfg.view == "augmented_k" else 1
+    return int(clip_cfg.num_views) if clip_cfg.view in MULTI_VIEWS else 1
 
 
 # ------------------------------------------------------------------------------------------------- views
@@ -174,13 +183,26 @@ def _encode(teacher: Any, pixels: torch.Tensor, device: str) -> np.ndarray:
 
 
 def _compute_rows(
-    loader_args: dict, ds: Dataset, lo: int, hi: int, teacher: Any, device: str, row_shape: tuple, bar
+    loader_args: dict,
+    ds: Dataset,
+    lo: int,
+    hi: int,
+    teacher: Any,
+    device: str,
+    row_shape: tuple,
+    bar,
+    params: ShardedRows | None = None,
 ) -> np.ndarray:
     out = np.zeros((hi - lo, *row_shape), dtype=np.float16)
+    view_params = None if params is None else np.zeros((hi - lo, *params.row_shape), dtype=np.int32)
     for b in DataLoader(Subset(ds, range(lo, hi)), collate_fn=collate_skip, shuffle=False, **loader_args):
         if "image" in b:
             out[b["index"].numpy() - lo] = _encode(teacher, b["image"], device)
+            if view_params is not None:
+                view_params[b["index"].numpy() - lo] = b["params"].numpy()
         bar.update(len(b.get("index", ())) + b["skipped"])
+    if params is not None:  # before the features shard: a finished features shard has its parameters
+        save_npy(params.path(params.spans.index((lo, hi))), view_params)
     return out
 
 
@@ -239,7 +261,7 @@ def teacher_features(
     With `shard="I/N"` (job arrays) it returns None while other shards are missing; `merge="only"` computes
     nothing and merges finished shards (an error when some are missing).
     """
-    key_obj = feature_key(teacher, manifest, clip_cfg)
+    key_obj = feature_key(teacher, manifest, clip_cfg, data_cfg)
     key = artifact_key(key_obj)
     folder = Path(clip_cfg.cache_dir) / key[:16]
     n = len(manifest)
@@ -250,10 +272,11 @@ def teacher_features(
         log.info("teacher features: reusing %s", folder)
         if merge == "only":
             ShardedRows.remove_leftovers(folder)
+            ShardedRows.remove_leftovers(folder / PARAM_PARTS)
         _record(teacher, key, folder)
         return done
     view, k = key_obj["view"], key_obj["num_views"]
-    row_shape = (k, teacher.embed_dim) if view == "augmented_k" else (teacher.embed_dim,)
+    row_shape = (k, teacher.embed_dim) if view in MULTI_VIEWS else (teacher.embed_dim,)
     if split.rank == 0 or not split.collective:
         size = shard_size or int(getattr(clip_cfg, "shard_size", 0) or SHARD_SIZE)
         _start_meta(folder, key, key_obj, manifest, [n, *row_shape], size)
@@ -261,15 +284,20 @@ def teacher_features(
     meta = read_json(folder / "meta.json")
     size = int(meta["shard_size"])  # a resumed run keeps the shard boundaries it started with
     rows = ShardedRows(folder, spans(n, size), row_shape, split, "teacher features")
+    # replayed views: each features shard's view parameters, written just before it (so a finished features
+    # shard always has its parameters)
+    params = ShardedRows(folder / PARAM_PARTS, rows.spans, param_shape(k), split, "view parameters")
     t0 = time.time()
     if merge != "only":
-        _compute_mine(rows, teacher, manifest, key_obj, clip_cfg, data_cfg, device)
+        _compute_mine(rows, teacher, manifest, key_obj, clip_cfg, data_cfg, device, params)
     elif rows.missing():
         raise ArtifactError(
             f"teacher features: {len(rows.missing())} of {len(rows.spans)} shards are missing in "
             f"{str(folder)!r}; run every `vlmkd teach CONFIG --shard I/N` first"
         )
     if rows.merger:
+        if view == "replay":
+            params.concatenate(folder / "params.npy", dtype=np.int32)
         rows.concatenate(folder / "features.npy")
         skipped = _zero_rows(folder / "features.npy")
         stats = {"skipped_images": skipped, "seconds_last_run": round(time.time() - t0, 1)}
@@ -279,8 +307,17 @@ def teacher_features(
         log.info(rows.waiting_message("vlmkd teach CONFIG"))
         return None
     rows.finish(explicit_merge=merge == "only")
+    if view == "replay":
+        params.finish(explicit_merge=merge == "only")
+        with contextlib.suppress(OSError):  # still in use by another process: left for its finish
+            (folder / PARAM_PARTS).rmdir()
     _record(teacher, key, folder)
     return load_npy(folder / "features.npy")
+
+
+def view_params_path(features: np.ndarray) -> Path:
+    """The N x K x P view parameters stored next to a replayed features cache (`features.npy`)."""
+    return Path(features.filename).parent / "params.npy"
 
 
 def _compute_mine(
@@ -291,6 +328,7 @@ def _compute_mine(
     clip_cfg: Any,
     data_cfg: Any,
     device: str,
+    params: ShardedRows | None = None,
 ) -> None:
     """This process's missing shards (then, under torchrun, the barrier every rank meets)."""
     todo = rows.todo()
@@ -298,7 +336,11 @@ def _compute_mine(
         log.info("teacher features: %d/%d shards to compute -> %s", len(todo), len(rows.spans), rows.parts)
     on_bad = getattr(data_cfg, "on_bad_image", "error")
     pre_resize = getattr(clip_cfg, "pre_resize", None)
-    ds = TeacherViews(teacher, manifest, key_obj["view"], key_obj["num_views"], on_bad, pre_resize)
+    if key_obj["view"] == "replay":
+        ds = ReplayedViews(manifest, data_cfg, key_obj["num_views"], teacher.preprocess_config(), on_bad)
+    else:
+        ds = TeacherViews(teacher, manifest, key_obj["view"], key_obj["num_views"], on_bad, pre_resize)
+        params = None
     loader_args = {
         "batch_size": max(1, int(clip_cfg.batch_size)),
         "num_workers": int(getattr(data_cfg, "num_workers", 0) or 0),
@@ -306,7 +348,10 @@ def _compute_mine(
     total = sum(rows.spans[s][1] - rows.spans[s][0] for s in todo)
     with progress(total=total, desc="teacher features", unit="img") as bar:
         rows.compute(
-            lambda lo, hi: _compute_rows(loader_args, ds, lo, hi, teacher, device, rows.row_shape, bar), todo
+            lambda lo, hi: _compute_rows(
+                loader_args, ds, lo, hi, teacher, device, rows.row_shape, bar, params
+            ),
+            todo,
         )
 
 
