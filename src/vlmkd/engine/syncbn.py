@@ -10,34 +10,34 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.nn.functional import all_reduce
 
 
 class CPUSyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         xf = x.float()
+        # Two passes over the global batch, as BatchNorm computes one process's statistics: the mean first, then
+        # the squared deviations from it. The one-pass E[x^2] - E[x]^2 cancels catastrophically in float32 when
+        # a channel's mean is large against its spread (raw pixels into a stem BN), and N processes then train
+        # another model than one process does.
         local = torch.cat(
-            [
-                xf.sum((0, 2, 3)),
-                (xf * xf).sum((0, 2, 3)),
-                torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device),
-            ]
+            [xf.sum((0, 2, 3)), torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)]
         )
         total = all_reduce(local)
-        n = total[2 * c]
+        n = total[c]
         mean = total[:c] / n
-        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
+        dev = xf - mean[None, :, None, None]
+        var = all_reduce((dev * dev).sum((0, 2, 3))) / n
         if self.track_running_stats:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
                 self.running_mean.mul_(1 - m).add_(m * mean.detach())
                 self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
                 self.num_batches_tracked.add_(1)
-        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        y = dev * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y.to(x.dtype)
