@@ -38,7 +38,8 @@ class DataConfig:
     format: str = "fashion_mnist"  # see `vlmkd.data.list_formats()`
     root: str | None = None
     # split_list: "relative/path label" per line; wds: a shard list ('train-{000..009}.tar', fsspec URLs);
-    # parquet: a Parquet file, folder or glob; hf: a `datasets` save_to_disk folder
+    # parquet: a Parquet file, folder or glob; hf: a `datasets` save_to_disk folder;
+    # csv / tsv / jsonl: a table with path, label and an optional split column (vlmkd.data.tables)
     train_list: str | None = None
     val_list: str | None = None
     test_list: str | None = None
@@ -49,7 +50,8 @@ class DataConfig:
     # ood_lists format: folder holding relative train/val/test lists (default: data.root; absolute lists work too)
     list_root: str | None = None
     strip_components: int = 1  # ood_lists: leading list-path components dropped (the paper's split folder)
-    # carve a class-stratified validation split out of train when no val list exists
+    # hold out about this fraction of train as val when the format gives no val split (folders and lists alike); an
+    # image is in val by a hash of its id (seeded by longtail.seed), so adding images never moves another one
     val_fraction: float = 0.0
     longtail: LongTailConfig = field(default_factory=LongTailConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

@@ -53,7 +53,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     channels_last: bool = True  # on CUDA only
     ema_decay: float = 0.0  # 0 disables the EMA copy of the student
-    checkpoint_every: int = 0  # optimizer steps between training checkpoints; 0 = every epoch end only
+    # checkpoints/last.pt is written at every epoch end, and every N optimizer steps with N > 0: only then does a
+    # run killed mid-epoch resume mid-epoch (otherwise it repeats the epoch from its start)
+    checkpoint_every: int = 0
     log_every: int = 20
     output_dir: str = "runs"
     name: str | None = None  # run folder name; default: config stem + timestamp
