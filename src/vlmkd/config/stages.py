@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 
@@ -101,6 +102,12 @@ class ClipTeacherConfig:
     shard_size: int = 2048  # rows per cache shard: the unit of resume and of the split across processes
     # squash every image to N x N before the teacher's own preprocessing (the OOD paper's code: 256); in the key
     pre_resize: int | None = None
+
+    def __post_init__(self) -> None:
+        # domain:PATH is a folder: stored absolute (it resolves against the working directory either way), so the
+        # run's config.yaml still names it when `eval` / `--like` run from elsewhere
+        if self.name and self.name.startswith("domain:") and not os.path.isabs(self.name[len("domain:") :]):
+            self.name = "domain:" + os.path.abspath(self.name[len("domain:") :])
 
 
 @dataclass

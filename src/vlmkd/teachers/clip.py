@@ -24,6 +24,7 @@ from vlmkd.errors import BackendError, ConfigError
 from vlmkd.registry import Registry
 from vlmkd.teachers.base import VisionLanguageTeacher
 from vlmkd.utils.device import resolve_device
+from vlmkd.utils.provenance import record_model
 
 log = logging.getLogger("vlmkd")
 
@@ -46,7 +47,10 @@ def load_clip_teacher(name: str, revision: str | None = None, device: str = "cpu
             f"clip.name {name!r} must be PREFIX:SPEC with PREFIX one of: "
             f"{', '.join(p + ':' for p in list_clip_teachers())} (e.g. open_clip:ViT-B-32/openai)"
         )
-    return CLIP_TEACHERS.get(prefix)(spec, revision=revision, device=str(resolve_device(device)))
+    teacher = CLIP_TEACHERS.get(prefix)(spec, revision=revision, device=str(resolve_device(device)))
+    # every loaded teacher is named in the run's artifacts.json, a live one (read by no cache) included
+    record_model("clip_teacher", teacher.teacher_id)
+    return teacher
 
 
 def _teacher_id(name: str, revision: str | None, fingerprint: str | None = None) -> str:
