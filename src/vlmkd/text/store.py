@@ -27,6 +27,7 @@ from vlmkd.utils.dist import work_split
 from vlmkd.utils.io import artifact_key, atomic_path, load_npy, path_fingerprint, read_json, write_json
 from vlmkd.utils.progress import progress
 from vlmkd.utils.provenance import record_artifact, record_model
+from vlmkd.utils.rowread import open_rows
 from vlmkd.utils.sharded import ShardedRows, spans
 
 EMBED_SHARD = 65536  # distinct texts per shard: the unit of resume and of the split across processes
@@ -113,8 +114,8 @@ class EmbeddingStore:
         return out
 
     def lookup(self, ids: list[str]) -> np.ndarray:
-        """len(ids) x D float16 rows (copied from the memory map)."""
-        return np.asarray(self.array[self.rows(ids)])
+        """len(ids) x D float16 rows, read by offset (random rows: not through the memory map, see rowread)."""
+        return open_rows(self.path / "embeddings.npy")[self.rows(ids)]
 
 
 def embed_texts(
