@@ -1,9 +1,9 @@
 """Parquet files (`data.format=parquet`) and `datasets` folders saved with `save_to_disk` (`data.format=hf`) as
 map-style datasets: an image-bytes column, a label column, and optionally a key column.
 
-A sample is (file, row group, row) in Parquet, read with pyarrow one row group at a time (the last few row groups
-are kept per process, so neighbouring rows cost one read); an Arrow file from `save_to_disk` is memory-mapped and
-a row is read in place (what `datasets` itself does), so `datasets` need not be installed to read one.
+A sample is (file, row). An Arrow file from `save_to_disk` is memory-mapped and a row is read in place (what
+`datasets` itself does, so `datasets` need not be installed to read one); a Parquet file's image column is copied
+once into such an Arrow file in the index cache (see `ParquetReader`).
 
 The sample key (manifest `paths`) is the key column ("path", "id", "__key__", "key") when there is one, else
 "<file name>/<row>"; class names come from data.class_names_file, else the Hugging Face `ClassLabel` feature
@@ -15,8 +15,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +27,19 @@ from vlmkd.data.sharded import (
     KeyIndex,
     absolute_spec,
     container_root,
+    file_fingerprint,
     fsspec_fs,
+    index_cache_dir,
     is_remote,
     reader,
     register_reader,
 )
 from vlmkd.errors import DataError
+from vlmkd.utils.io import artifact_key, atomic_path
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
 LABEL_COLUMNS = ("label", "labels", "cls", "fine_label", "class")
 KEY_COLUMNS = ("path", "id", "__key__", "key", "image_id")
-ROW_GROUPS_KEPT = 4
 
 
 def _pick(
@@ -141,48 +141,48 @@ def _parquet_file(url: str):
 
 
 class ParquetReader(_Table):
+    """Rows of Parquet files. Each file's image column is copied once, row group by row group, into an Arrow file
+    in the index cache (keyed by the file's URL, size and mtime) and memory-mapped, as `datasets` does: a random
+    row then costs one cell read, where reading it from Parquet would decode its whole row group (about 100
+    images in the Hub's layout) for every sample a shuffled epoch asks for."""
+
     kind = "Parquet"
 
     def __init__(self, spec: str):
         files, opts = _spec_parts(spec)
         self.files = parquet_files(files)
         self.image_col, key_col = opts.get("image"), opts.get("key")
-        self._pf: dict[int, Any] = {}
-        self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()
-        self._lock = threading.Lock()
-        keys, bounds = [], []  # bounds: (file, row group, first global row)
-        for f, url in enumerate(self.files):
-            pf = self._file(f)
-            n0 = len(keys)
-            for g in range(pf.metadata.num_row_groups):
-                bounds.append((f, g, n0 + sum(pf.metadata.row_group(k).num_rows for k in range(g))))
+        self.tables, keys, starts = [], [], []
+        for url in self.files:
+            pf = _parquet_file(url)
+            starts.append(len(keys))
+            self.tables.append(_arrow_copy(url, pf, self.image_col))
             values = pf.read(columns=[key_col]).column(0).to_pylist() if key_col else None
             keys += _keys(values, pf.metadata.num_rows, Path(url).name)
-        self.bounds = np.asarray(bounds, dtype=np.int64).reshape(-1, 3)
+        self.starts = np.asarray(starts, dtype=np.int64)
         self._finish(keys, f"Parquet data {files!r}")
 
-    def _file(self, f: int):
-        if f not in self._pf:
-            self._pf[f] = _parquet_file(self.files[f])
-        return self._pf[f]
-
     def _locate(self, j: int) -> tuple[int, int]:
-        b = int(np.searchsorted(self.bounds[:, 2], j, side="right")) - 1
-        return int(self.bounds[b, 0]), b
+        f = int(np.searchsorted(self.starts, j, side="right")) - 1
+        return f, f
 
     def _cell(self, j: int) -> Any:
-        f, b = self._locate(j)
-        g, first = int(self.bounds[b, 1]), int(self.bounds[b, 2])
-        with self._lock:  # one row group read at a time per process; readers in threads share the result
-            col = self._groups.get((f, g))
-            if col is None:
-                col = self._file(f).read_row_group(g, columns=[self.image_col]).column(0)
-                self._groups[(f, g)] = col
-                if len(self._groups) > ROW_GROUPS_KEPT:
-                    self._groups.popitem(last=False)
-            else:
-                self._groups.move_to_end((f, g))
-        return col[j - first].as_py()
+        f, _ = self._locate(j)
+        return self.tables[f].column(0)[j - int(self.starts[f])].as_py()
+
+
+def _arrow_copy(url: str, pf, column: str):
+    """The memory-mapped Arrow copy of one Parquet file's `column` (written on first use, atomically)."""
+    import pyarrow as pa
+
+    fp = file_fingerprint(url)
+    path = Path(index_cache_dir()) / "parquet" / f"{artifact_key({'column': column, **fp})[:32]}.arrow"
+    if not path.is_file():
+        schema = pa.schema([pf.schema_arrow.field(column)])
+        with atomic_path(path) as tmp, pa.ipc.new_file(str(tmp), schema) as writer:
+            for g in range(pf.metadata.num_row_groups):
+                writer.write_table(pf.read_row_group(g, columns=[column]))
+    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
 
 
 def _keys(key_values: list | None, n: int, stem: str) -> list[str]:

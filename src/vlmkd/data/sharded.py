@@ -29,7 +29,9 @@ from vlmkd.errors import DataError
 
 SCHEMES = ("wds", "parquet", "hf")
 _READERS: dict[str, Callable[[str], Any]] = {}  # scheme -> factory(spec) of a reader with read(path)
-_OPEN: dict[tuple[int, str], Any] = {}  # (pid, root) -> reader: a forked loader worker opens its own
+# root -> reader. A forked loader worker inherits the parent's reader (its index, memory-mapped tables) copy-on-
+# write; what must not cross a fork, open file descriptors, is reopened per process (`ByteReader`).
+_OPEN: dict[str, Any] = {}
 _LOCK = threading.Lock()
 HINT = "set data.on_bad_image=skip to skip it"
 
@@ -49,8 +51,8 @@ def scheme_of(root: str | None) -> str | None:
 
 
 def reader(root: str) -> Any:
-    """This process's reader of the container `root` (built once; loader workers each build their own)."""
-    key = (os.getpid(), root)
+    """The reader of the container `root`, built once per process (and inherited by forked loader workers)."""
+    key = root
     with _LOCK:
         if key not in _OPEN:
             scheme, spec = root.split(":", 1)
@@ -182,6 +184,7 @@ class ByteReader:
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def read(self, url: str, offset: int, size: int) -> bytes:
@@ -189,6 +192,8 @@ class ByteReader:
             fs, path = fsspec_fs(url)
             return bytes(fs.cat_file(path, start=offset, end=offset + size))
         with self._lock:
+            if self._pid != os.getpid():  # a forked worker: the parent's descriptors stay the parent's
+                self._fds, self._pid = {}, os.getpid()
             fd = self._fds.get(url)
             if fd is None:
                 try:
@@ -200,6 +205,8 @@ class ByteReader:
         return os.pread(fd, size, offset)
 
     def __del__(self) -> None:
+        if self._pid != os.getpid():
+            return
         for fd in self._fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -37,6 +37,7 @@ from vlmkd.data.sharded import (
     index_cache_dir,
     is_remote,
     local_path,
+    reader,
     register_reader,
 )
 from vlmkd.errors import DataError
@@ -265,14 +266,10 @@ def shard_manifest(spec: str, split: str, class_names: list[str] | None, on_bad:
     if class_names is None:
         n = max(labels, default=-1) + 1
         class_names = [names.get(c, f"class_{c}") for c in range(n)]
-    return Manifest(
-        ids=ids,
-        labels=labels,
-        class_names=class_names,
-        root=container_root("wds", spec),
-        paths=paths,
-        split=split,
-    )
+    root = container_root("wds", spec)
+    m = Manifest(ids=ids, labels=labels, class_names=class_names, root=root, paths=paths, split=split)
+    reader(root)  # the sample index, built here once: forked loader workers inherit it
+    return m
 
 
 def wds(cfg) -> dict[str, Manifest]:
