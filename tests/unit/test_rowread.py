@@ -44,6 +44,7 @@ KEYS = [
     [4, 4, 0, 17, 16, 15, 3],
     np.array([[2, 9], [9, -2]]),
     np.array([], dtype=np.int64),
+    np.random.default_rng(1).integers(-23, 23, (10, 10)),  # over 64 rows: the vectorised path
     (6, 1),
     (slice(2, 5), 0),
     (np.array([1, 8]), slice(None), 2),

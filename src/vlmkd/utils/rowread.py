@@ -67,10 +67,10 @@ class RowReader:
         self.__dict__.update(state)
         self._open()
 
-    def close(self) -> None:
+    def close(self, _close=os.close) -> None:  # bound early: __del__ may run when `os` is gone at exit
         fd, self._fd = getattr(self, "_fd", None), None
         if fd is not None:
-            os.close(fd)
+            _close(fd)
 
     def __del__(self) -> None:
         self.close()
@@ -111,10 +111,10 @@ class RowReader:
                 return out
             return out[rest] if _is_int(first) else out[(slice(None), *rest)]
         if _is_int(key):
-            i = operator.index(key)
-            if not -len(self) <= i < len(self):
-                raise IndexError(f"row {i} out of range for {len(self)} rows of {self.filename!r}")
-            i %= len(self)
+            i, n = operator.index(key), self.shape[0]
+            if not -n <= i < n:
+                raise IndexError(f"row {i} out of range for {n} rows of {self.filename!r}")
+            i %= n
             return self.read(i, i + 1)[0]
         if isinstance(key, slice):
             lo, hi, step = key.indices(len(self))
@@ -131,15 +131,32 @@ class RowReader:
     def take(self, idx: np.ndarray) -> np.ndarray:
         """Rows `idx` (any shape of integers): each run of consecutive rows is one read, each row read once."""
         idx = np.asarray(idx, dtype=np.int64)
-        flat = idx.ravel()
-        if flat.size and (flat.min() < -len(self) or flat.max() >= len(self)):
-            raise IndexError(f"row index out of range for {len(self)} rows of {self.filename!r}")
-        uniq, inverse = np.unique(flat % max(len(self), 1), return_inverse=True)
+        n, shape = self.shape[0], (*idx.shape, *self.row_shape)
+        if idx.size <= 64:  # a sample's few rows: plain Python beats numpy's fixed costs (np.unique ~50 us)
+            wanted = idx.ravel().tolist()
+            if any(j < -n or j >= n for j in wanted):
+                raise IndexError(f"row index out of range for {n} rows of {self.filename!r}")
+            wanted = [j % n for j in wanted]
+            uniq = sorted(set(wanted))
+            starts = [k for k in range(len(uniq)) if k == 0 or uniq[k] != uniq[k - 1] + 1]
+            got = self._read_runs(uniq, starts)
+            if uniq == wanted:
+                return got.reshape(shape)
+            where = {j: k for k, j in enumerate(uniq)}
+            return got[[where[j] for j in wanted]].reshape(shape)
+        if idx.min() < -n or idx.max() >= n:
+            raise IndexError(f"row index out of range for {n} rows of {self.filename!r}")
+        uniq, inverse = np.unique(idx.ravel() % n, return_inverse=True)
+        starts = np.flatnonzero(
+            np.diff(uniq, prepend=-2) != 1
+        ).tolist()  # where runs of consecutive rows begin
+        return self._read_runs(uniq, starts)[inverse.ravel()].reshape(shape)
+
+    def _read_runs(self, uniq: Any, starts: list[int]) -> np.ndarray:
         got = np.empty((len(uniq), *self.row_shape), self.dtype)
-        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)  # where a run of consecutive rows begins
         for a, b in zip(starts, [*starts[1:], len(uniq)]):
             self._read_into(got[a:b], int(uniq[a]))
-        return got[inverse.ravel()].reshape(*idx.shape, *self.row_shape)
+        return got
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         """Rows [lo, hi) in one read."""
