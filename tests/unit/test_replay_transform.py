@@ -78,3 +78,14 @@ def test_identity_parameters_of_an_unaugmented_view():
     x, params = tf.draw(img)
     np.testing.assert_array_equal(params, identity_params(16, 16))
     assert torch.equal(x, build_transform(DataConfig(image_size=16, in_chans=3), train=False)(img))
+
+
+def test_view_choice_is_a_function_of_seed_epoch_and_sample_and_spreads_over_the_views():
+    from vlmkd.teachers.replay import view_choice
+
+    first = [view_choice(0, 1, i, 10) for i in range(5000)]
+    assert first == [view_choice(0, 1, i, 10) for i in range(5000)]  # no hidden state
+    assert first != [view_choice(0, 2, i, 10) for i in range(5000)]  # a new epoch, new views
+    assert first != [view_choice(1, 1, i, 10) for i in range(5000)]  # another seed
+    counts = np.bincount(first, minlength=10)
+    assert counts.min() > 400 and counts.max() < 600  # 500 expected per view

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmkd.errors import ConfigError
-from vlmkd.teachers.replay import VIEW_SALT
+from vlmkd.teachers.replay import VIEW_SALT, view_choice
 from vlmkd.utils.rowread import RowReader, open_rows
 
 COMBINE = ("one", "pick", "average", "mean")
@@ -130,9 +130,9 @@ class LabelRows:
 class ReplayRows(StoreRows):
     """Replayed views (`clip.view=replay`): an N x K x D store and its N x K x P view parameters.
 
-    At epoch e, sample i replays view v = pick(seed, e, i, VIEW_SALT, K): `view(i, e)` gives (v, its parameters),
+    At epoch e, sample i replays view v = view_choice(seed, e, i, K): `view(i, e)` gives (v, its parameters),
     which the dataset applies to the student's image, and `row(i, e)` the teacher's output for that same view.
-    Every replayed store uses the same salt, so features and logits of one sample always name the same view.
+    Every replayed store uses that one choice, so features and logits of one sample always name the same view.
     """
 
     def __init__(self, path: str | Path, params_path: str | Path, seed: int = 0):
@@ -156,7 +156,7 @@ class ReplayRows(StoreRows):
         return int(self.array.shape[1])
 
     def choice(self, i: int, epoch: int) -> int:
-        return pick(self.seed, epoch, i, self.salt, self.num_views)
+        return view_choice(self.seed, epoch, i, self.num_views)
 
     def view(self, i: int, epoch: int = 0) -> tuple[int, np.ndarray]:
         v = self.choice(i, epoch)
@@ -196,7 +196,7 @@ class SparseRows:
     def row(self, i: int, epoch: int = 0) -> np.ndarray:
         values, indices = self._open()
         if values.ndim == 3:
-            i = (i, pick(self.seed, epoch, i, VIEW_SALT, values.shape[1]))
+            i = (i, view_choice(self.seed, epoch, i, values.shape[1]))
         return np.concatenate([np.asarray(values[i], np.float32), np.asarray(indices[i], np.float32)])
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -220,5 +220,5 @@ class ReplaySparseRows(SparseRows):
     def view(self, i: int, epoch: int = 0) -> tuple[int, np.ndarray]:
         if self._params is None:
             self._params = open_rows(self.params_path)
-        v = pick(self.seed, epoch, i, VIEW_SALT, self._params.shape[1])
+        v = view_choice(self.seed, epoch, i, self._params.shape[1])
         return v, np.asarray(self._params[i, v])

@@ -4,7 +4,7 @@ student's OWN training transform, their parameters stored next to the teacher's 
 Teaching: view v of image i is `draw(image)` of the recipe's training transform (`vlmkd.data.transforms`) under the
 seed `view_seed(i, v)`; the teacher sees that exact tensor, re-expressed in its input space (`TeacherView`, as the
 live consistent teacher does). Training: sample i at epoch e replays one of its K stored views, chosen by
-`vlmkd.tasks.rows.pick(seed, e, i, VIEW_SALT, K)`, so the student's crop is the one the teacher saw (consistent
+`view_choice(seed, e, i, K)`, so the student's crop is the one the teacher saw (consistent
 teaching, Beyer et al. 2022) with no teacher at training time.
 
 Sparse logits (ml-dr): a view's teacher distribution is kept as its top-k probabilities (float16) and their class
@@ -43,6 +43,27 @@ VIEW_SEED = "(index * 1000003 + view) * 7919 + 1"
 def view_seed(index: int, view: int) -> int:
     """The seed of stored view `view` of sample `index`: reruns, resumes, shards and worker counts agree."""
     return (index * 1_000_003 + view) * 7919 + 1
+
+
+_MASK = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a well-spread 64-bit hash of a 64-bit integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def view_choice(seed: int, epoch: int, index: int, num_views: int) -> int:
+    """Which of the K stored views sample `index` replays at `epoch`: a function of (seed, epoch, index) only.
+
+    A hash in plain integer arithmetic (about 1 us), not `vlmkd.tasks.rows.pick`'s numpy generator (about 37 us):
+    the dataset asks for it for every replayed store of every sample, and at 128 samples a batch the generator's
+    construction alone added ~10 ms a step (measured on an H200 run of benchmarks/distill_overhead.py)."""
+    h = _mix(_mix(_mix(_mix(int(seed) & _MASK) ^ (int(epoch) & _MASK)) ^ (int(index) & _MASK)) ^ VIEW_SALT)
+    return int(h % int(num_views))
 
 
 def replay_recipe(data_cfg: Any) -> dict[str, Any]:
