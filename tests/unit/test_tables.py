@@ -151,3 +151,30 @@ def test_bad_jsonl_lines_and_names_file_typos(tmp_path):
     jl.write_text(json.dumps({"path": rels[0], "label": 3}) + "\n")
     with pytest.raises(DataError, match=r"l.jsonl:1: label 3 is not an index .*\(0..2\)"):
         build_manifests(_cfg(tmp_path, "jsonl", jl, class_names_file="names.txt"))
+
+
+def test_symlinks_that_leave_the_root_are_refused_and_inner_ones_work(tmp_path):
+    root = tmp_path / "root"
+    rels = _images(root, 3)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(outside / "x.png")
+    (root / "linked_dir").symlink_to(outside, target_is_directory=True)
+    (root / "photos" / "linked.png").symlink_to(outside / "x.png")
+    (root / "photos" / "inner.png").symlink_to(root / rels[0])
+    for bad in (
+        "linked_dir/x.png",
+        "photos/linked.png",
+        str(outside / "x.png"),
+        "photos/../../outside/x.png",
+    ):
+        table = _csv(root / "l.csv", [["path", "label"], [rels[1], "bag"], [bad, "bag"]])
+        with pytest.raises(DataError, match=r"l.csv:3: path .* escapes the dataset root"):
+            build_manifests(_cfg(root, "csv", table))
+    table = _csv(root / "l.csv", [["path", "label"], ["photos/inner.png", "bag"], ["photos/2020", "bag"]])
+    with pytest.raises(
+        DataError, match=r"l.csv:3: file 'photos/2020' does not exist"
+    ):  # a folder, not a file
+        build_manifests(_cfg(root, "csv", table))
+    table = _csv(root / "l.csv", [["path", "label"], ["photos/inner.png", "bag"], [rels[1], "bag"]])
+    assert list(build_manifests(_cfg(root, "csv", table))["train"].paths) == ["photos/inner.png", rels[1]]
