@@ -13,7 +13,7 @@ from vlmkd.config import DataConfig
 from vlmkd.data import build_manifests
 from vlmkd.data.longtail import hashed_holdout, key_fraction
 from vlmkd.data.manifest import Manifest
-from vlmkd.errors import DataError
+from vlmkd.errors import ConfigError, DataError
 
 
 def _split_of(ms: dict) -> dict[str, str]:
@@ -50,6 +50,8 @@ def test_hashed_holdout_fraction_seed_and_at_least_one_per_class():
     one = Manifest(ids=["a.png", "b.png"], labels=[0, 1], class_names=["x", "y"], paths=["a.png", "b.png"])
     rest, held = hashed_holdout(one, 0.999, seed=0, split_name="val")
     assert sorted(rest.labels.tolist()) == [0, 1] and len(held) == 0
+    with pytest.raises(ConfigError, match=r"val fraction \(data.val_fraction\) must be in \[0, 1\), got 1.0"):
+        hashed_holdout(one, 1.0, seed=0, split_name="val")
 
 
 def test_a_class_without_training_images_is_refused_by_train_and_reported_by_stats(tmp_path, capsys):

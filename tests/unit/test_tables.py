@@ -89,6 +89,12 @@ def test_separate_val_and_test_tables(tmp_path):
     )
     ms = build_manifests(cfg)
     assert [len(ms[k]) for k in ("train", "val", "test")] == [6, 1, 2]
+    both = _csv(
+        tmp_path / "both.csv",
+        [["path", "label", "split"], [rels[0], CLASSES[0], "train"], [rels[6], CLASSES[0], "val"]],
+    )
+    with pytest.raises(DataError, match="val rows come from both both.csv and va.csv; keep one"):
+        build_manifests(_cfg(tmp_path, "csv", both, val_list=str(tmp_path / "va.csv")))
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ def hashed_holdout(
     the other images of the class).
     """
     if not 0 <= fraction < 1:
-        raise ConfigError(f"the held-out fraction must be in [0, 1), got {fraction}")
+        raise ConfigError(f"the {split_name} fraction (data.val_fraction) must be in [0, 1), got {fraction}")
     u = key_fraction(manifest.ids, seed)
     held = u < fraction
     total = np.bincount(manifest.labels, minlength=manifest.num_classes)
