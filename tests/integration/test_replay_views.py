@@ -252,3 +252,24 @@ def test_two_processes_equal_one_with_replayed_views(tmp_path, tiny):
     assert main(["train", str(cfg_path), "--run-dir", str(tmp_path / "one")]) == 0
     one = load_file(tmp_path / "one" / "student.safetensors")
     assert max_diff(one, train(cfg_path, tmp_path / "two", 2)) < 1e-5
+
+
+def test_sharded_teach_of_replayed_views_equals_one_run(tmp_path, tiny):
+    """Job-array shards (`--shard I/N`) give the one-process cache, the view parameters too."""
+    import dataclasses
+
+    from vlmkd.teachers.features import teacher_features
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny, data={"augment": "randaugment"}))
+    ms = build_manifests(cfg.data)
+    teacher = load_clip_teacher(cfg.clip.name)
+    one = dataclasses.replace(cfg.clip, cache_dir=str(tmp_path / "one"))
+    ref = np.asarray(teacher_features(teacher, ms["train"], one, data_cfg=cfg.data, shard_size=5))
+    ref_params = np.load(tmp_path / "one" / next((tmp_path / "one").iterdir()).name / "params.npy")
+    split = dataclasses.replace(cfg.clip, cache_dir=str(tmp_path / "split"))
+    assert teacher_features(teacher, ms["train"], split, data_cfg=cfg.data, shard_size=5, shard="1/2") is None
+    merged = teacher_features(teacher, ms["train"], split, data_cfg=cfg.data, shard_size=5, shard="0/2")
+    folder = next((tmp_path / "split").iterdir())
+    np.testing.assert_array_equal(np.asarray(merged), ref)
+    np.testing.assert_array_equal(np.load(folder / "params.npy"), ref_params)
+    assert ref_params[..., 5:].max() >= 0  # RandAugment's ops are stored with the crop and flip
