@@ -4,9 +4,10 @@
     records = predict(model, ["photos/", "@list.txt"], top_k=3)
     model = load_model("runs/ood", classes=["sandal", "boot"])  # zero-shot among any class names
 
-Zero-shot models score cosine(image, class text) / temperature, calibrated as the run's generalized evaluation
-chose (`vlmkd.eval.generalized`: cosine or standardized scores, gamma subtracted from the classes the student was
-trained on). `classes` uses the same texts as training (see `vlmkd.export.texts`): the run's class-text rows
+Zero-shot models score cosine(image, class text) / temperature; a class list that mixes names the student was
+trained on with untrained ones is calibrated as the run's generalized evaluation chose (`vlmkd.eval.generalized`:
+cosine or standardized scores, gamma subtracted from the trained classes), a list of one kind scores raw cosine
+(`vlmkd.eval.class_list`, the rule the model card and `vlmkd eval --classes` use too). `classes` uses the same texts as training (see `vlmkd.export.texts`): the run's class-text rows
 where it has the name, its templates otherwise.
 
 Images are preprocessed exactly as the student was evaluated (colour conversion, resize, center crop,
@@ -28,6 +29,7 @@ from PIL import Image
 
 from vlmkd.data.images import load_image
 from vlmkd.errors import ArtifactError, ConfigError, DataError
+from vlmkd.eval.class_list import applies_calibration, list_scores
 from vlmkd.utils.progress import progress
 
 OUTPUT_FORMATS = ("table", "json", "csv")
@@ -62,11 +64,11 @@ class Predictor:
         e = out["embedding"]
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         cos = (e @ self.class_text.T).astype(np.float32)
-        if self.calibration is not None:  # vlmkd.eval.generalized: the form and gamma `vlmkd eval` chose
-            if self._stats is None:
-                self._stats = self.calibration.stats(self.class_text)
-            cos = self.calibration.apply(cos, self.seen, self._stats)
-        return cos / self.temperature
+        # the run's calibration (score form, gamma) where trained and untrained names compete, else raw cosine:
+        # the one rule `vlmkd eval --classes` and the model card score by (vlmkd.eval.class_list)
+        if self._stats is None and self.calibration is not None and applies_calibration(self.seen):
+            self._stats = self.calibration.stats(self.class_text)
+        return list_scores(cos, self.seen, self.calibration, self._stats) / self.temperature
 
 
 def build_transform(pre: dict[str, Any]):
@@ -118,10 +120,9 @@ def load_model(path: str | Path, device: str = "cpu", classes: list[str] | None 
                 "(`vlmkd export RUN --head zero_shot`) or the run folder"
             )
         return model
-    from vlmkd.eval.generalized import SCORE_NORM_FILE, ScoreNorm, SeenCalibration
+    from vlmkd.export.measure import export_calibration
 
     names, rows, seen = _export_classes(info, class_text, classes)
-    norm = ScoreNorm.load(folder / SCORE_NORM_FILE) if info.get("scores") == "standardized" else None
     return replace(
         model,
         class_names=names,
@@ -129,7 +130,7 @@ def load_model(path: str | Path, device: str = "cpu", classes: list[str] | None 
         class_text=rows,
         temperature=float(info.get("temperature", rec.get("temperature", 0.07))),
         seen=seen,
-        calibration=SeenCalibration(float(info.get("gamma") or 0.0), norm),
+        calibration=export_calibration(folder, info),
     )
 
 
@@ -150,9 +151,9 @@ def _export_classes(info: dict[str, Any], class_text: np.ndarray, classes: list[
 
 
 def _from_run(path: Path, device: str, classes: list[str] | None = None) -> Predictor:
-    from vlmkd.students.io import load_student
     from vlmkd.export import preprocess_record
     from vlmkd.export.formats import TorchRuntime, output_names
+    from vlmkd.students.io import load_student
 
     student, meta = load_student(path, device)
     names = list(meta.get("class_names") or [f"class_{i}" for i in range(student.num_classes)])

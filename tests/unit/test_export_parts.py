@@ -14,13 +14,8 @@ from vlmkd.data.transforms import preprocess_config
 from vlmkd.errors import ConfigError, DataError
 from vlmkd.export import preprocess_record
 from vlmkd.export.card import model_card
-from vlmkd.export.classes import (
-    add_classes,
-    embed_classes,
-    read_class_store,
-    remove_classes,
-    write_class_store,
-)
+from vlmkd.export.classes import add_classes, read_class_store, remove_classes, write_class_store
+from vlmkd.export.encode import embed_classes
 from vlmkd.predict import build_transform, collect_images, format_records, read_image
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmkd.commands.predict import add_class_args, classes_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -42,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also compare the student's embedding space with the CLIP teacher's: M_rel, M_neigh(3,5,10), "
         "M_vlalign(2,3,5) per split",
+    )
+    add_class_args(
+        p,
+        "also score the embedding head among these class names on the run's test images of the listed classes, "
+        "as a zero-shot export or `predict --classes` with these names scores them (its model card's figure)",
     )
     p.set_defaults(func=run)
 
@@ -80,13 +87,20 @@ def run(args: argparse.Namespace) -> int:
 
         _, per_split = load_class_text(cfg, manifests)
         spec = EvalSpec("cosine", meta["eval"].get("temperature", 0.07), per_split)
-    summary = evaluate_run(student, manifests, cfg, spec)
+    class_names = classes_from_args(args)
+    # --few-shot / --classes add to the evaluation the run already has (summary.json of this very student)
+    summary = _reusable_summary(run_dir, target, args, cfg) if args.few_shot or class_names else None
+    if summary is None:
+        summary = evaluate_run(student, manifests, cfg, spec)
+        fresh = summary.get("generalized")
+    else:
+        fresh = _reuse_generalized(summary, run_dir, cfg, student, manifests, spec)
     if cfg.eval.generalized and "generalized" not in summary:
         _why_not_generalized(spec, manifests)
-    if summary.get("generalized"):  # `vlmkd export --head zero_shot` and `predict RUN` apply this calibration
+    if fresh:  # `vlmkd export --head zero_shot` and `predict RUN` apply this calibration
         from vlmkd.eval.generalized import save_calibration
 
-        save_calibration(run_dir, summary["generalized"])
+        save_calibration(run_dir, fresh)
     if args.few_shot:
         from vlmkd.eval.fewshot import few_shot_eval
         from vlmkd.utils.device import resolve_device
@@ -103,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
             spec.temperature,
             str(resolve_device(cfg.train.device)),
         )
+    if class_names:
+        summary["class_list"] = _class_list(student, meta, run_dir, cfg, manifests, class_names)
     if args.representation:
         summary["representation"] = _representation(student, cfg, manifests)
         for split, r in summary["representation"].items():
@@ -113,6 +129,75 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         print(json.dumps({k: v for k, v in summary.items() if k in ("overall", "mean_per_class", "few")}))
     return 0
+
+
+def _reusable_summary(run_dir: Path, target: Path, args, cfg) -> dict | None:
+    """The run's summary.json when it scored this very student under this config (no overrides, not a
+    checkpoint, written after student.safetensors), so that --few-shot / --classes do not evaluate it again."""
+    from vlmkd.utils.io import read_json
+
+    path, weights = run_dir / "summary.json", run_dir / "student.safetensors"
+    if args.overrides or target.suffix == ".pt" or not path.is_file() or not weights.is_file():
+        return None
+    if path.stat().st_mtime < weights.stat().st_mtime:
+        return None
+    summary = read_json(path)
+    if not summary.get("splits"):
+        return None
+    print(f"reusing the evaluation in {path} (the splits' metrics of this student)")
+    summary["splits"] = {k: v for k, v in summary["splits"].items() if not k.endswith("_generalized")}
+    summary.pop("history", None)
+    return summary
+
+
+def _reuse_generalized(summary: dict, run_dir: Path, cfg, student, manifests, spec) -> dict | None:
+    """The generalized result for a reused summary: the run's calibration.json when it was chosen as now asked
+    (its support's shots and seed: those of --few-shot), else a new one (returned, to be saved)."""
+    from vlmkd.eval.evaluate import evaluate_generalized, generalized_split_entries
+    from vlmkd.utils.io import read_json
+
+    summary.pop("generalized", None)
+    if not cfg.eval.generalized:
+        return None
+    fresh, path = None, run_dir / "calibration.json"
+    rec = read_json(path) if path.is_file() else {}
+    support = (rec.get("calibration") or {}).get("support")
+    wanted = (cfg.eval.calibration_shots, cfg.eval.calibration_seed)
+    if rec.get("result") and (support is None or (support.get("shots"), support.get("seed")) == wanted):
+        gen = {
+            **rec["result"],
+            "gamma": rec["gamma"],
+            "scores": rec["scores"],
+            "calibration": rec["calibration"],
+        }
+    else:
+        gen = fresh = evaluate_generalized(student, manifests, cfg, spec)
+    if gen:
+        summary["generalized"] = gen
+        summary["splits"].update(generalized_split_entries(gen))
+    return fresh
+
+
+def _class_list(student, meta: dict, run_dir: Path, cfg, manifests, names: list[str]) -> dict:
+    """The student's accuracy among `names` on the run's test images of the listed classes, with the class-text
+    rows, trained flags and calibration a zero-shot export of these names gets (`vlmkd.eval.class_list`)."""
+    from vlmkd.errors import ConfigError
+    from vlmkd.eval.class_list import class_list_accuracy, format_class_list
+    from vlmkd.eval.generalized import SeenCalibration
+    from vlmkd.export.texts import resolve_classes, run_library, seen_mask
+    from vlmkd.utils.device import resolve_device
+
+    if student.proj is None:
+        raise ConfigError("--classes needs a student with an embedding head (model.head=both or embedding)")
+    lib = run_library(run_dir, meta)
+    _, rows, _ = resolve_classes(list(names), lib)
+    cal = SeenCalibration.of_run(run_dir)
+    device = str(resolve_device(cfg.train.device))
+    res = class_list_accuracy(
+        student, manifests, list(names), rows, seen_mask(names, lib.seen), cal, cfg.data, device
+    )
+    print(format_class_list(res))
+    return res
 
 
 def _why_not_generalized(spec, manifests) -> None:

@@ -47,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-latency", action="store_true", help="skip the CPU latency measurement of the model card"
     )
+    p.add_argument(
+        "--no-accuracy",
+        action="store_true",
+        help="zero_shot: skip measuring the class list's accuracy on the run's test images for the model card",
+    )
     p.set_defaults(func=run)
 
 
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         encoder_name=args.text_encoder,
         encoder_model=args.text_model,
         measure_latency=not args.no_latency,
+        measure_accuracy=not args.no_accuracy,
         opset=args.opset,
         gamma=args.gamma,
     )

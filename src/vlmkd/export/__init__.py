@@ -29,6 +29,7 @@ from vlmkd.export.card import (
     read_run_info,
 )
 from vlmkd.export.classes import (
+    CARD_FILE,
     CLASSES_FILE,
     add_classes,
     build_encoder,
@@ -47,7 +48,8 @@ from vlmkd.export.formats import (
     write_onnx,
     write_torchscript,
 )
-from vlmkd.utils.io import read_json, write_json
+from vlmkd.export.measure import EXPORT_FILE, measure_class_list
+from vlmkd.utils.io import atomic_write, read_json, write_json
 
 __all__ = [
     "FORMATS",
@@ -63,9 +65,7 @@ __all__ = [
     "PREPROCESS_FILE",
 ]
 
-EXPORT_FILE = "export.json"
 PREPROCESS_FILE = "preprocess.json"
-CARD_FILE = "MODEL_CARD.md"
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -174,6 +174,7 @@ def export_model(
     encoder_name: str | None = None,
     encoder_model: str | None = None,
     measure_latency: bool = True,
+    measure_accuracy: bool = True,
     opset: int = ONNX_OPSET,
     latency_runs: int = 5,
     gamma: float | None = None,
@@ -185,7 +186,9 @@ def export_model(
     `embed.encoder`, or the bundled MiniLM). None picks the head `vlmkd eval` scores (the embedding head of a
     cosine-scored run, else the classifier). Zero-shot names the run's class-text store knows keep its exact rows
     (enriched texts); the calibration `vlmkd eval` recorded for the run (score form, and gamma, subtracted from the
-    trained classes' scores in predict) travels with them; `gamma` overrides its gamma.
+    trained classes' scores in predict) travels with them; `gamma` overrides its gamma. It applies where trained
+    and untrained names compete (`vlmkd.eval.class_list`); `measure_accuracy` scores the run's student with
+    this class list on the run's test images for the model card (what `vlmkd eval RUN --classes` reports).
     """
     from vlmkd.students.io import export_student, load_student
 
@@ -222,7 +225,7 @@ def export_model(
 
     write_json(out_dir / PREPROCESS_FILE, pre)
     temperature = float((meta.get("eval") or {}).get("temperature", 0.07))
-    encoder, extra, calibration = None, {}, None
+    encoder, extra, calibration, class_list = None, {}, None, None
     if head == "zero_shot":
         from dataclasses import replace
 
@@ -247,6 +250,12 @@ def export_model(
         write_class_store(
             out_dir, names, texts, emb, encoder, extra["text_library"]["templates"], temperature, extra
         )
+        seen = np.asarray(extra["seen"], dtype=bool)
+        class_list = (
+            measure_class_list(source, names, emb, seen, cal, student)
+            if measure_accuracy
+            else {"names": names, "seen": seen.tolist(), "error": "skipped (--no-accuracy)"}
+        )
     else:
         names = list(
             class_names or meta.get("class_names") or [f"class_{i}" for i in range(student.num_classes)]
@@ -269,6 +278,8 @@ def export_model(
         "scores": extra["scores"] if head == "zero_shot" else None,
         "spec": meta["spec"],
         "source": str(source.resolve()),
+        # a zero-shot export's accuracy with its class list (its card quotes it; `classes add` re-measures)
+        **({"class_list": class_list} if class_list is not None else {}),
         "vlmkd_version": __version__,
         "torch_version": torch.__version__,
     }
@@ -291,8 +302,9 @@ def export_model(
         class_names=names,
         encoder=encoder,
         calibration=calibration,
+        class_list=class_list,
     )
-    (out_dir / CARD_FILE).write_text(card, encoding="utf-8")
+    atomic_write(out_dir / CARD_FILE, lambda p: p.write_text(card, encoding="utf-8"))
     return out_dir
 
 

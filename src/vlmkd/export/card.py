@@ -141,6 +141,8 @@ def _metrics(summary: dict[str, Any], scored: str, exported: str) -> list[str]:
     novel = _pct(ood.get("overall")) if ood else NOT_MEASURED
     if ood and scored == "zero_shot" and exported == "classifier":  # a closed-set export names no new class
         novel = f"none from this closed-set export ({novel} through the embedding head: `--head zero_shot`)"
+    elif ood and exported == "zero_shot":  # the run's figure; this export's own list: "This export's classes"
+        novel = f"{novel} (split ood_test, among the novel names only, raw cosine)"
     rows += ["", f"Novel-class zero-shot accuracy: {novel}"]
     return rows
 
@@ -155,8 +157,9 @@ def _generalized(calibration: dict[str, Any] | None) -> list[str]:
         return ", ".join(f"{k} {_pct(d.get(k))}" for k in ("base", "novel", "harmonic"))
 
     return [
-        f"Generalized zero-shot, measured by `vlmkd eval` with base and novel test images among the run's "
-        f"{res.get('classes_scored_among')} class names (mean per-class accuracy; harmonic = their harmonic mean): "
+        f"Generalized zero-shot, measured by `vlmkd eval` with base (split id) and novel (split ood_test) images "
+        f"among the run's {res.get('classes_scored_among')} class names (mean per-class accuracy; harmonic = their "
+        "harmonic mean): "
         f"raw cosine {trio(res)}; with this calibration ({calibration.get('scores', 'cosine')} scores, gamma "
         f"{float(calibration.get('gamma') or 0):.3f}) {trio(res.get('calibrated') or {})}."
     ]
@@ -175,9 +178,13 @@ def model_card(
     class_names: list[str],
     encoder: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
+    class_list: dict[str, Any] | None = None,
 ) -> str:
+    """The card. `class_list`: a zero-shot export's names, seen flags and measured accuracy
+    (`vlmkd.eval.class_list.class_list_accuracy`, or {"names", "seen", "error"}), in its own replaceable block."""
     pre = meta.get("preprocess", {})
     spec = meta.get("spec", {})
+    trained = list(meta.get("class_names") or summary.get("class_names") or class_names)
     scored_mode = (meta.get("eval") or {}).get("mode", "logits")
     counts = meta.get("train_counts") or summary.get("train_counts")
     data = config.get("data") or {}
@@ -220,13 +227,16 @@ def model_card(
         "",
         f"- dataset: `{summary.get('dataset') or data.get('format') or 'not recorded'}`"
         + (f" at `{data.get('root')}`" if data.get("root") else ""),
-        f"- classes ({len(class_names)}): {', '.join(class_names[:50])}"
-        + (" ..." if len(class_names) > 50 else ""),
+        f"- trained on {len(trained)} classes: {_names(trained)}",
     ]
     if counts:
         lines.append(
-            f"- training images: {sum(counts)} (per class min {min(counts)}, max {max(counts)}, "
-            f"imbalance {max(counts) / max(1, min(counts)):.1f})"
+            f"- training images: {sum(counts)} of those {len(trained)} classes (per class min {min(counts)}, "
+            f"max {max(counts)}, imbalance {max(counts) / max(1, min(counts)):.1f})"
+        )
+    if export["head"] == "zero_shot":
+        lines.append(
+            "- this export's class names, trained and zero-shot: see \"This export's classes\" below"
         )
     lines += [
         "",
@@ -243,6 +253,11 @@ def model_card(
         "",
         *_metrics(summary, "zero_shot" if scored_mode == "cosine" else "classifier", export["head"]),
         "",
+        *(
+            class_list_block(class_list or {}, export.get("source") or "RUN")
+            if export["head"] == "zero_shot"
+            else []
+        ),
         "## Size and speed",
         "",
         f"- parameters: {_fmt_count(params)} ({params:,})",
@@ -264,6 +279,66 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _names(names: list[str], limit: int = 50) -> str:
+    return (", ".join(names[:limit]) + (" ..." if len(names) > limit else "")) or "none"
+
+
+BLOCK_START, BLOCK_END = "<!-- vlmkd:class-list -->", "<!-- /vlmkd:class-list -->"
+
+
+def class_list_block(res: dict[str, Any], run: str = "RUN") -> list[str]:
+    """The card's "This export's classes" section: which names were trained and which are zero-shot, the score
+    form this list gets, and its accuracy on the run's test images as `vlmkd eval RUN --classes` reports it.
+    Between markers, so that `vlmkd classes add|remove` rewrite it for the new list."""
+    names, seen = list(res.get("names") or []), [bool(x) for x in res.get("seen") or []]
+    trained = [n for n, s in zip(names, seen) if s]
+    new = [n for n, s in zip(names, seen) if not s]
+    lines = [
+        BLOCK_START,
+        "## This export's classes",
+        "",
+        f"- {len(names)} class names: {len(trained)} trained on ({_names(trained)}), {len(new)} zero-shot, "
+        f"never trained on ({_names(new)})",
+    ]
+    scores = res.get("scores")
+    if scores:
+        if trained and new:
+            why = "trained and untrained names compete, so the run's calibration applies" + (
+                "; it recorded none" if scores == "cosine" else ""
+            )
+        else:
+            why = "the names are all of one kind (all trained or all zero-shot), so no calibration applies"
+        lines.append(f"- scores: {scores} ({why})")
+    if res.get("error"):
+        lines.append(f"- accuracy with this class list: {NOT_MEASURED} ({res['error']})")
+    elif res.get("overall") is None:
+        lines.append(
+            f"- accuracy with this class list: {NOT_MEASURED} (the run's data has no test image of a listed class)"
+        )
+    else:
+        where = "; ".join(
+            f"split {s} under `{v.get('root')}`: {v['images']} images of {_names(v['classes'])}"
+            for s, v in (res.get("splits") or {}).items()
+        )
+        lines.append(
+            f"- accuracy with this class list, measured on the run's test images of the "
+            f"{res['classes_with_images']} listed classes it has ({res['images']} images; {where}): overall "
+            f"{_pct(res['overall'])}, mean per class {_pct(res['mean_per_class'])}. "
+            f"`vlmkd eval {run} --classes NAME ...` with these names reports the same figure."
+        )
+    return [*lines, BLOCK_END, ""]
+
+
+def replace_class_list_block(card: str, res: dict[str, Any], run: str = "RUN") -> str:
+    """`card` with its class-list block replaced (appended when an older card has none)."""
+    block = "\n".join(class_list_block(res, run))
+    start, end = card.find(BLOCK_START), card.find(BLOCK_END)
+    if start < 0 or end < start:
+        return card.rstrip("\n") + "\n\n" + block
+    tail = card[end + len(BLOCK_END) :].lstrip("\n")
+    return card[:start] + block + ("\n" + tail if tail else "")
 
 
 def read_run_info(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -13,13 +13,16 @@ from typing import Any
 import numpy as np
 
 from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.export.card import replace_class_list_block
 from vlmkd.export.encode import build_encoder, encoder_record
+from vlmkd.export.measure import EXPORT_FILE, export_calibration, export_source, measure_class_list, run_rows
 from vlmkd.export.texts import DEFAULT_TEMPLATES as TEMPLATES
 from vlmkd.export.texts import TextLibrary, resolve_classes
-from vlmkd.utils.io import read_json, save_npy, write_json
+from vlmkd.utils.io import atomic_write, read_json, save_npy, write_json
 
 CLASSES_FILE = "classes.json"
 CLASS_TEXT_FILE = "class_text.npy"
+CARD_FILE = "MODEL_CARD.md"
 
 
 def write_class_store(
@@ -141,7 +144,12 @@ def add_classes(
     dup = [n for n in names if n in existing]
     if dup and not replace:
         raise ConfigError(f"class(es) {dup} already exist; use --replace to re-embed them")
-    new_texts, new, _ = resolve_classes(names, export_library(info), encoder, texts)
+    lib = export_library(info)
+    if (
+        texts is None
+    ):  # names the run's store knows keep its exact rows, as at export (`vlmkd eval` uses them)
+        lib.rows = run_rows(export_source(export_dir), list(names), rec.get("id"))
+    new_texts, new, _ = resolve_classes(names, lib, encoder, texts)
     if new.shape[1] != arr.shape[1]:
         raise ArtifactError(f"encoder gives {new.shape[1]}-d embeddings, the export stores {arr.shape[1]}-d")
     all_texts = list(info.get("texts") or [[n] for n in existing])
@@ -163,6 +171,7 @@ def add_classes(
         arr,
         seen,
     )
+    remeasure_export(export_dir)
     return existing
 
 
@@ -185,4 +194,23 @@ def remove_classes(export_dir: str | Path, names: list[str]) -> list[str]:
         arr[keep],
         [seen[i] for i in keep],
     )
+    remeasure_export(export_dir)
     return [existing[i] for i in keep]
+
+
+def remeasure_export(export_dir: str | Path) -> dict[str, Any] | None:
+    """After `classes add|remove`: the new class list measured from the export's run (`vlmkd.export.measure`),
+    written to export.json and to the model card's class-list block. None for a store without export.json."""
+    export_dir = Path(export_dir)
+    source = export_source(export_dir)
+    if source is None:
+        return None
+    info, rows = read_class_store(export_dir)
+    seen = np.asarray(info.get("seen") or [False] * len(info["names"]), dtype=bool)
+    res = measure_class_list(source, list(info["names"]), rows, seen, export_calibration(export_dir, info))
+    write_json(export_dir / EXPORT_FILE, {**read_json(export_dir / EXPORT_FILE), "class_list": res})
+    card_path = export_dir / CARD_FILE
+    if card_path.is_file():
+        card = replace_class_list_block(card_path.read_text(encoding="utf-8"), res, source)
+        atomic_write(card_path, lambda p: p.write_text(card, encoding="utf-8"))
+    return res
