@@ -185,8 +185,8 @@ def test_mid_epoch_kill_over_shards_resumes_exactly(small, tmp_path):
     over = [
         "train.epochs=2",
         "train.max_steps=null",
-        "train.checkpoint_every=1",
-        "data.num_workers=1",
+        "train.checkpoint_every=2",
+        "data.num_workers=1",  # the shard reader inherited by a forked loader worker
         "data.batch_size=8",
     ]
     cfg = load_config(small["wds"], over)
@@ -197,7 +197,7 @@ def test_mid_epoch_kill_over_shards_resumes_exactly(small, tmp_path):
 
     def crashing_step(batch):
         calls["n"] += 1
-        if calls["n"] == 7:  # half-way through epoch 2 (5 steps of 8 per epoch)
+        if calls["n"] == 7:  # resumes from the step-6 checkpoint: 1 of epoch 2's 5 batches done
             raise KeyboardInterrupt
         return real_step(batch)
 

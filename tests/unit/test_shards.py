@@ -181,6 +181,17 @@ def test_fsspec_url(tmp_path):
     assert np.asarray(open_image(m, 1))[0, 0].tolist() == [9, 9, 9]
 
 
+def test_parquet_over_fsspec_url(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    write_parquet(tmp_path / "t.parquet", [3, 4], [0, 1], ["a", "b"])
+    with fsspec.open("memory://bucket/pq/train.parquet", "wb") as f:
+        f.write((tmp_path / "t.parquet").read_bytes())
+    m = build_manifests(cfg_for(tmp_path, format="parquet", train_list="memory://bucket/pq/*.parquet").data)[
+        "train"
+    ]
+    assert m.class_names == ["a", "b"] and int(np.asarray(open_image(m, 1))[0, 0, 0]) == 4
+
+
 def write_parquet(path: Path, values: list[int], labels: list[int], names: list[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
