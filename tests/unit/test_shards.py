@@ -160,6 +160,16 @@ def test_sample_without_label_is_refused_or_skipped(tmp_path):
     assert list(build_manifests(cfg.data)["train"].ids) == ["a"]
 
 
+def test_keys_restarting_in_every_shard_are_qualified_by_shard(tmp_path):
+    for s in range(2):
+        write_tar(tmp_path / f"s-{s}.tar", [("000.cls", b"0"), ("000.png", png(40 + s))])
+    m = build_manifests(cfg_for(tmp_path, format="wds", train_list=str(tmp_path / "s-{0..1}.tar")).data)[
+        "train"
+    ]
+    assert list(m.paths) == list(m.ids) == ["s-0.tar/000", "s-1.tar/000"]
+    assert int(np.asarray(open_image(m, 1))[0, 0, 0]) == 41
+
+
 def test_not_a_tar_is_one_line(tmp_path):
     (tmp_path / "s.tar").write_bytes(b"garbage" * 100)
     with pytest.raises(DataError, match=r"s\.tar' is not a readable tar file"):

@@ -40,6 +40,7 @@ from vlmkd.data.sharded import (
     reader,
     register_reader,
 )
+from vlmkd.data.strings import StrArray
 from vlmkd.errors import DataError
 from vlmkd.utils.io import artifact_key, atomic_path
 
@@ -162,10 +163,14 @@ class WdsReader:
                 paths.append(rec[2])
                 off.append(rec[6])
                 size.append(rec[7])
+        if len(set(paths)) < len(
+            paths
+        ):  # keys restart in every shard (some writers do): qualify by shard name
+            paths = [f"{self.urls[s].rsplit('/', 1)[-1]}/{p}" for s, p in zip(shard, paths)]
         self.shard = np.asarray(shard, dtype=np.int32)
         self.offset, self.size = np.asarray(off, dtype=np.int64), np.asarray(size, dtype=np.int64)
-        self.keys, self.problems = keys, problems
-        self.index = KeyIndex(paths, f"shards {spec!r}")
+        self.keys, self.paths, self.problems = StrArray(keys), StrArray(paths), problems
+        self.index = KeyIndex(self.paths, f"shards {spec!r}")
         self.bytes = ByteReader()
 
     def where(self, path: str) -> str:
@@ -243,22 +248,26 @@ def _class_names_near(url: str) -> list[str] | None:
 
 def shard_manifest(spec: str, split: str, class_names: list[str] | None, on_bad: str) -> Manifest:
     """The manifest of a shard list; samples in shard order, then in their order inside the shard."""
-    ids, paths, labels, names = [], [], [], {}
-    for url in expand_spec(spec):
+    root = container_root("wds", spec)
+    r = reader(root)  # the sample index, built here once: forked loader workers inherit it
+    ids, paths, labels, names, j = [], [], [], {}, 0
+    for url in r.urls:
         idx = shard_index(url)
         if idx["truncated"] is not None:
             msg = f"shard {url!r} is truncated after sample {idx['truncated']!r} (later samples are lost)"
             if on_bad != "skip":
                 raise DataError(f"{msg}; re-copy the shard or {HINT}")
             log.warning("%s; reading the samples before the cut (data.on_bad_image=skip)", msg)
-        for key, sid, path, label, cls, *_, problem in idx["samples"]:
+        for key, sid, _, label, cls, *_, problem in idx["samples"]:
+            j += 1
             if label < 0:
                 msg = f"sample {key!r} in shard {url!r} has no label (.cls or .json 'label')"
                 if on_bad != "skip":
                     raise DataError(f"{msg}; {problem + '; ' if problem else ''}{HINT}")
                 log.warning("skipping it (data.on_bad_image=skip): %s", msg)
                 continue
-            ids.append(sid)
+            path = r.paths[j - 1]
+            ids.append(sid if sid != key else path)  # a bare __key__ id is the (maybe shard-qualified) path
             paths.append(path)
             labels.append(label)
             if cls:
@@ -266,10 +275,7 @@ def shard_manifest(spec: str, split: str, class_names: list[str] | None, on_bad:
     if class_names is None:
         n = max(labels, default=-1) + 1
         class_names = [names.get(c, f"class_{c}") for c in range(n)]
-    root = container_root("wds", spec)
-    m = Manifest(ids=ids, labels=labels, class_names=class_names, root=root, paths=paths, split=split)
-    reader(root)  # the sample index, built here once: forked loader workers inherit it
-    return m
+    return Manifest(ids=ids, labels=labels, class_names=class_names, root=root, paths=paths, split=split)
 
 
 def wds(cfg) -> dict[str, Manifest]:
