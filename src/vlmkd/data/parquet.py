@@ -323,7 +323,8 @@ def hf_manifest(folder: str, split: str, names: list[str] | None, cfg) -> Manife
     if img is None or lab is None:
         missing = "image" if img is None else "label"
         raise DataError(
-            f"{folder!r} has no {missing} column (columns: {', '.join(schema.names)}); set data.{missing}_column"
+            f"{folder!r} has no {missing} column (columns: {', '.join(schema.names)}); "
+            f"set data.{missing}_column"
         )
     key = _pick(schema.names, None, KEY_COLUMNS, "", "")
     root = container_root("hf", _with_opts(folder, image=img, key=key))

@@ -147,7 +147,8 @@ def fsspec_fs(url: str):
         import fsspec
     except ImportError:
         raise DataError(
-            f"reading {url!r} needs fsspec and its protocol's package; pip install 'vlmkd[remote]' s3fs (or gcsfs, adlfs)"
+            f"reading {url!r} needs fsspec and its protocol's package; "
+            "pip install 'vlmkd[remote]' s3fs (or gcsfs, adlfs)"
         ) from None
     fs, path = fsspec.core.url_to_fs(url)
     return fs, path

@@ -216,8 +216,8 @@ def _split_specs(cfg) -> dict[str, str]:
                 specs[split] = _as_pattern(root.resolve(), split, [p.name for p in found])
     if "train" not in specs:
         raise DataError(
-            "data.train_list must name the training shards for format wds, e.g. 'shards/train-{000000..000009}.tar'"
-            " (or data.root a folder of train-*.tar)"
+            "data.train_list must name the training shards for format wds, e.g. "
+            "'shards/train-{000000..000009}.tar' (or data.root a folder of train-*.tar)"
         )
     return {s: absolute_spec(v, cfg.root if cfg.train_list else None) for s, v in specs.items()}
 
