@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -133,8 +133,16 @@ def _records(m: Manifest, on_bad: str) -> Iterator[tuple[int, bytes | None, str]
             yield from pool.map(one, range(start, min(len(m), start + _CHUNK)))
 
 
-def pack_split(m: Manifest, out: Path, split: str, max_bytes: int, on_bad: str = "error") -> dict[str, Any]:
-    """Write one split's shards and its manifest; returns its pack.json entry."""
+def pack_split(
+    m: Manifest,
+    out: Path,
+    split: str,
+    max_bytes: int,
+    on_bad: str = "error",
+    extra: Callable[[int], dict[str, bytes]] | None = None,
+) -> dict[str, Any]:
+    """Write one split's shards and its manifest; returns its pack.json entry. `extra(i)`: more members of
+    sample i ({extension: bytes}; `vlmkd export-dataset` stores the teacher's outputs per sample this way)."""
     writer = ShardWriter(out, split, max_bytes)
     kept, skipped = [], []
     paths = m.paths if m.paths is not None else m.ids
@@ -149,6 +157,7 @@ def pack_split(m: Manifest, out: Path, split: str, max_bytes: int, on_bad: str =
                 "cls": str(label).encode(),
                 "json": json.dumps(meta, ensure_ascii=False).encode(),
                 ext: data,
+                **(extra(i) if extra is not None else {}),
             }
             writer.write(f"{len(kept):09d}", fields)
             kept.append(i)
@@ -179,7 +188,11 @@ def pack_split(m: Manifest, out: Path, split: str, max_bytes: int, on_bad: str =
 
 
 def pack(
-    splits: dict[str, Manifest], out: str | Path, max_bytes: int, on_bad: str = "error"
+    splits: dict[str, Manifest],
+    out: str | Path,
+    max_bytes: int,
+    on_bad: str = "error",
+    extra: dict[str, Callable[[int], dict[str, bytes]]] | None = None,
 ) -> dict[str, Any]:
     """Pack every split into `out`; writes classes.txt, <split>.json and pack.json; returns pack.json's content."""
     out = Path(out)
@@ -191,6 +204,6 @@ def pack(
     atomic_write(out / "classes.txt", lambda p: p.write_text(names, encoding="utf-8"))
     info = {"shard_bytes": max_bytes, "class_names": list(train.class_names), "splits": {}}
     for split, m in splits.items():
-        info["splits"][split] = pack_split(m, out, split, max_bytes, on_bad)
+        info["splits"][split] = pack_split(m, out, split, max_bytes, on_bad, (extra or {}).get(split))
     write_json(out / "pack.json", info)
     return info

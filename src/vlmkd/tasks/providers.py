@@ -26,6 +26,8 @@ from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ConfigError
 from vlmkd.losses.kd import densify_topk
 from vlmkd.registry import Registry
+from vlmkd.teachers.reinforced import class_text as reinforced_class_text
+from vlmkd.teachers.reinforced import reinforced_arrays, reinforced_card
 
 PROVIDERS = Registry("loss input provider")
 SALT = {"text_emb": 1, "caption_emb": 2, "teacher_features": 3}  # independent choices per input
@@ -39,6 +41,7 @@ class BuildContext:
     manifests: dict[str, Manifest]
     device: torch.device
     _class_text: Any = field(default=None, repr=False)
+    _reinforced: Any = field(default=None, repr=False)
 
     @property
     def train(self) -> Manifest:
@@ -46,10 +49,25 @@ class BuildContext:
 
     def class_text(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self._class_text is None:
-            from vlmkd.tasks.sources import load_class_text
+            from vlmkd.tasks.sources import load_class_text, match_class_text
 
-            self._class_text = load_class_text(self.cfg, self.manifests)
+            stored = self.reinforced() and reinforced_class_text(self.cfg.data, self.reinforced()[0])
+            if stored:  # the class texts shipped with a reinforced dataset
+                self._class_text = match_class_text(stored[0], stored[1], self.manifests)
+            else:
+                self._class_text = load_class_text(self.cfg, self.manifests)
         return self._class_text
+
+    def reinforced(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(card, {field: N-row .npy}) when the training data is a reinforced dataset (`vlmkd export-dataset`):
+        its stored views and targets stand in for the teachers and the text artifacts."""
+        if self._reinforced is None:
+            card = reinforced_card(self.cfg.data)
+            arrays = (
+                reinforced_arrays(self.cfg.data, card, self.train, self.cfg.clip.cache_dir) if card else {}
+            )
+            self._reinforced = (card, arrays) if card else ()
+        return self._reinforced or None
 
 
 class Provider(nn.Module):
@@ -146,9 +164,16 @@ def build_providers(ctx: BuildContext, needed: set[str]) -> dict[str, Provider]:
 
 
 def _image_text(name: str, ctx: BuildContext) -> Provider:
+    from vlmkd.tasks.rows import StoreRows
     from vlmkd.tasks.sources import image_text_rows
 
-    rows = image_text_rows(ctx.cfg, ctx.train, salt=SALT[name])
+    cfg = ctx.cfg
+    stored = ctx.reinforced()
+    if stored and "text_emb" in stored[1]:  # the description embeddings shipped with the dataset
+        combine = "pick" if cfg.text.multi == "sample" else "average"
+        rows = StoreRows(stored[1]["text_emb"], None, combine, cfg.train.seed, SALT[name])
+        return Provider(name, rows, dim=rows.dim)
+    rows = image_text_rows(cfg, ctx.train, salt=SALT[name])
     return Provider(name, rows, dim=rows.dim)
 
 
@@ -176,7 +201,7 @@ def teacher_features(ctx: BuildContext) -> Provider:
         rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "pick", SALT["teacher_features"])
         return Provider("teacher_features", rows, dim=rows.dim)
     if cfg.clip.view == "replay":
-        rows = _replay_rows(ctx)
+        rows = replay_feature_rows(ctx)
         return Provider("teacher_features", rows, dim=rows.dim)
     if cfg.clip.view != "consistent":
         raise ConfigError(
@@ -195,6 +220,13 @@ def teacher_logits(ctx: BuildContext) -> Provider:
         raise ConfigError(f"teacher.mode must be live or cached, got {cfg.teacher.mode!r}")
     if cfg.teacher.name == "clip":
         return _zero_shot_teacher(ctx)
+    stored = ctx.reinforced()
+    if cfg.teacher.mode == "cached" and stored and "topk_values" in stored[1]:  # shipped with the dataset
+        from vlmkd.tasks.rows import ReplaySparseRows
+
+        a = stored[1]
+        rows = ReplaySparseRows(a["topk_values"], a["topk_indices"], a["params"], cfg.train.seed)
+        return SparseLogits(rows, ctx.train.num_classes)
     from vlmkd.teachers.vision import cached_teacher_logits, load_vision_teacher
 
     teacher, teacher_id = load_vision_teacher(
@@ -203,7 +235,7 @@ def teacher_logits(ctx: BuildContext) -> Provider:
     if cfg.teacher.mode == "live":
         return LiveTeacher("teacher_logits", teacher.eval().requires_grad_(False))
     if cfg.teacher.view == "replay":
-        return _replayed_vision_logits(ctx, teacher, teacher_id)
+        return replayed_vision_logits(ctx, teacher, teacher_id)
     if cfg.teacher.view != "clean":
         raise ConfigError(f"teacher.view must be clean or replay, got {cfg.teacher.view!r}")
     from vlmkd.tasks.rows import StoreRows
@@ -214,13 +246,16 @@ def teacher_logits(ctx: BuildContext) -> Provider:
     return Provider("teacher_logits", StoreRows(logits.filename))
 
 
-def _replay_rows(ctx: BuildContext, teacher: Any = None):
+def replay_feature_rows(ctx: BuildContext, teacher: Any = None):
     """The CLIP teacher's features on K replayed views (`vlmkd teach` with clip.view=replay; computed when
     missing), served with the views' parameters so the dataset replays them for the student."""
     from vlmkd.tasks.rows import ReplayRows
     from vlmkd.teachers.features import teacher_features, view_params_path
 
     cfg = ctx.cfg
+    stored = ctx.reinforced()
+    if stored:  # a reinforced dataset: its stored views and features, no teacher
+        return ReplayRows(stored[1]["features"], stored[1]["params"], cfg.train.seed)
     if not cfg.clip.name:
         raise ConfigError("clip.view=replay needs clip.name (the teacher whose features are cached)")
     teacher = teacher or _clip_teacher(ctx)[0]
@@ -228,7 +263,7 @@ def _replay_rows(ctx: BuildContext, teacher: Any = None):
     return ReplayRows(feats.filename, view_params_path(feats), cfg.train.seed)
 
 
-def _replayed_vision_logits(ctx: BuildContext, teacher: Any, teacher_id: str) -> Provider:
+def replayed_vision_logits(ctx: BuildContext, teacher: Any, teacher_id: str) -> Provider:
     """A vision teacher's top-k probabilities on clip.num_views replayed views (computed when missing)."""
     from vlmkd.tasks.rows import ReplaySparseRows
     from vlmkd.teachers.replay import replayed_teacher_logits
@@ -263,6 +298,11 @@ def _zero_shot_teacher(ctx: BuildContext) -> Provider:
     from vlmkd.tasks.sources import check_same_space, check_teacher_texts
 
     cfg = ctx.cfg
+    if cfg.teacher.mode == "cached" and ctx.reinforced():  # the dataset's stored views, no teacher
+        class_text_arr = ctx.class_text()[0]
+        rows = replay_feature_rows(ctx)
+        check_same_space(rows.dim, class_text_arr.shape[1])
+        return ZeroShotLogits(rows, class_text_arr, cfg.teacher.zero_shot_temperature)
     if not cfg.clip.name:
         raise ConfigError("teacher.name=clip needs clip.name (the CLIP teacher that classifies zero-shot)")
     class_text_arr = ctx.class_text()[0]
@@ -274,7 +314,7 @@ def _zero_shot_teacher(ctx: BuildContext) -> Provider:
         if (
             cfg.clip.view == "replay"
         ):  # the replayed view's features: the teacher classifies the student's crop
-            rows = _replay_rows(ctx, teacher)
+            rows = replay_feature_rows(ctx, teacher)
         else:
             rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "mean", teacher=teacher)
         check_same_space(rows.dim, class_text_arr.shape[1])

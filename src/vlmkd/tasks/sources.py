@@ -110,6 +110,13 @@ def class_texts_of(store_path: Path, names: list[str]) -> list[list[str]] | None
 def load_class_text(cfg: Config, manifests: dict[str, Manifest]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(train-class text embeddings, {split: that split's class-text embeddings}), matched by class name."""
     matrix, names, _ = class_text_matrix(cfg)
+    return match_class_text(matrix, names, manifests, cfg.text.class_embeddings)
+
+
+def match_class_text(
+    matrix: np.ndarray, names: list[str], manifests: dict[str, Manifest], where: str = "the class texts"
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`load_class_text` for a given (matrix, class names)."""
     row = {n: i for i, n in enumerate(names)}
     per_split = {}
     for split, m in manifests.items():
@@ -117,7 +124,7 @@ def load_class_text(cfg: Config, manifests: dict[str, Manifest]) -> tuple[np.nda
         if missing:
             if split == "train":
                 raise ArtifactError(
-                    f"class {missing[0]!r} has no class text in {cfg.text.class_embeddings!r}; "
+                    f"class {missing[0]!r} has no class text in {where!r}; "
                     "rerun `vlmkd classtext` over all classes"
                 )
             continue
