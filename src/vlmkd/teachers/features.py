@@ -1,7 +1,8 @@
 """Teacher image features, cached per (teacher, preprocessing, view, manifest), and teacher zero-shot scoring.
 
 Layout of one cache: `<clip.cache_dir>/<key[:16]>/meta.json` (the full key and provenance) and `features.npy`
-(float16, N x D for the clean view, N x K x D for K augmented views, not normalised). While it is being computed
+(float16, N x D for the clean view, N x K x D for K augmented or replayed views, not normalised; replayed views
+add `params.npy`, their N x K x P parameters, `vlmkd.teachers.replay`). While it is being computed
 the rows go to `shard_NNNNN.npy` files (atomic writes), so a killed run resumes from its finished shards. Under
 torchrun (or `--shard I/N` job arrays) each process computes its own shards and one merges them into
 `features.npy` (`vlmkd.utils.sharded`); the shards are removed only when no other process can still read them. The key names the teacher's weights, its preprocessing, the view
@@ -255,8 +256,9 @@ def teacher_features(
     """float16 teacher image features in manifest order, from the cache or computed (resumably) into it.
 
     N x D for clip.view=clean (the teacher's own preprocessing of the un-augmented image: the paper's setup),
-    N x K x D for augmented_k (K = clip.num_views seeded RandomResizedCrop+flip views). Memory-mapped when cached.
-    `data_cfg` supplies num_workers and on_bad_image (skipped images get all-zero rows).
+    N x K x D for augmented_k (K = clip.num_views seeded RandomResizedCrop+flip views) and for replay (K views
+    of the student's own training transform, `data_cfg`'s, with their parameters in `view_params_path`).
+    Memory-mapped when cached. `data_cfg` supplies num_workers and on_bad_image (skipped images get all-zero rows).
     Under torchrun every rank must call it: each computes its shards, rank 0 merges (`vlmkd.utils.sharded`).
     With `shard="I/N"` (job arrays) it returns None while other shards are missing; `merge="only"` computes
     nothing and merges finished shards (an error when some are missing).
