@@ -187,7 +187,7 @@ def test_mid_epoch_kill_over_shards_resumes_exactly(small, tmp_path):
         "train.max_steps=null",
         "train.checkpoint_every=2",
         "data.num_workers=1",  # the shard reader inherited by a forked loader worker
-        "data.batch_size=8",
+        "data.batch_size=12",
     ]
     cfg = load_config(small["wds"], over)
     build_run(cfg, tmp_path / "full").fit()
@@ -197,7 +197,7 @@ def test_mid_epoch_kill_over_shards_resumes_exactly(small, tmp_path):
 
     def crashing_step(batch):
         calls["n"] += 1
-        if calls["n"] == 7:  # resumes from the step-6 checkpoint: 1 of epoch 2's 5 batches done
+        if calls["n"] == 5:  # resumes from the step-4 checkpoint: 1 of epoch 2's 3 batches done
             raise KeyboardInterrupt
         return real_step(batch)
 
