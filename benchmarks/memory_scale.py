@@ -1,18 +1,33 @@
-"""Training memory is bounded by the batch, not the dataset: peak RSS at 1M images vs 10k, and 2 ranks sharing
-the memory-mapped artifacts through the page cache.
+"""Training memory is bounded by the batch, not the dataset: peak RSS at 1M images vs 10k, 2 ranks sharing the
+artifacts, and what each random row read of the stores brings in.
 
     python benchmarks/memory_scale.py [--sizes 10000,1000000] [--steps 5] [--workdir DIR] [--keep]
 
-Builds synthetic artifacts in a temporary folder for each size: 2 x 2 grey images (an IDX array source) with
-saved manifests over 8,142 classes; 384-d description embeddings (the real embedding-store writer, a seeded fake
-encoder); 2 x 768-d augmented teacher views (the real teacher-feature cache layout and key, for a tiny 768-d CLIP);
-8,142 x 768 class texts. Then trains a small student (cnn_tiny, text_nce + zero-shot KD from the cached features +
-CE over 8,142 classes) for a few steps in a fresh subprocess per run, and evaluates it (8,142 classes).
+Builds synthetic artifacts in a temporary folder (under --workdir: the disk measured) for each size: 2 x 2 grey
+images (an IDX array source) with saved manifests over 8,142 classes; 384-d description embeddings (the real
+embedding-store writer, a seeded fake encoder); 2 x 768-d augmented teacher views (the real teacher-feature cache
+layout and key, for a tiny 768-d CLIP); 8,142 x 768 class texts. Then trains a small student (cnn_tiny, text_nce +
+zero-shot KD from the cached features + CE over 8,142 classes) for a few steps in a fresh subprocess per run, and
+evaluates it (8,142 classes).
 
-Prints one JSON line: rss_ratio_1m_10k (peak RSS of the largest size / the smallest; target <= 1.2),
-pss_ratio_2proc (summed peak PSS of a 2-process torchrun run at the largest size / a 1-process run, both after
-reading every page of the stores as a full epoch would, so that copies per rank would show; target <= 1.3),
-summary_bytes_8142 (summary.json size; target <= 1 MB), with the raw numbers. Disk: about 3.9 GB at 1M.
+Prints one JSON line:
+- rss_ratio_1m_10k: peak RSS (VmHWM) of the largest size / the smallest; target <= 1.2.
+- rssfile_growth_frac: at the largest size, RssFile growth from just before the first step to the last step, over
+  RssAnon at the last step; target < 0.1. `rss_steps_mb` lists [RssAnon, RssFile] (MB, /proc/self/status) before
+  the first step and after each step, per size; `rssfile_bytes_per_row` is RssFile growth from step 1 to the last
+  step per row read in those steps (the stores as built: warm in the page cache).
+- store_bytes_per_row: bytes read from the disk per store row read (/proc/self/io read_bytes over the training
+  steps of one more run at the largest size, its store files first evicted from the page cache with
+  posix_fadvise(POSIX_FADV_DONTNEED): a cold store, as on a fresh machine or network storage); target <= 8192, two
+  pages. A row read is one row of one array: a teacher-feature row (2 x 768), an index-map row, an embedding row.
+- read_ahead_kb: of the block device holding --workdir (/sys/dev/block/MAJ:MIN), or "unknown".
+- pss_ratio_2proc: summed peak PSS of a 2-process torchrun run at the largest size / a 1-process run, both after
+  reading every row of the stores as a full epoch would; target <= 1.3 where the stores are memory-mapped (their
+  pages then dominate PSS). Rows read by offset are never mapped, so each process holds only itself and the
+  ratio nears 2 (two interpreters); what says whether ranks copy the stores is store_pss_frac_2proc: the PSS the
+  two ranks keep after reading every row, summed, over the stores' size (a copy per rank 2.0, pages shared through
+  the page cache 1.0, rows read into per-batch buffers about 0); target <= 1.3.
+- summary_bytes_8142: summary.json size; target <= 1 MB. Then the raw numbers. Disk: about 3.9 GB at 1M.
 The description index map (sample -> embedding row) is computed once at build time, as the first training run
 would, so the measured runs see the steady state.
 """
@@ -63,6 +78,9 @@ def build_manifests(folder: Path, n: int):
     for split, count, prefix in (("train", n, "train"), ("test", TEST_N, "t10k")):
         write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (count, 2, 2), dtype=np.uint8))
         labels = rng.integers(0, CLASSES, count)
+        # every class gets an image where there are enough (training refuses classes it has no image of)
+        labels[: min(count, CLASSES)] = np.arange(min(count, CLASSES))
+        labels = rng.permutation(labels)
         m = Manifest(
             ids=[f"{split}/{i:07d}" for i in range(count)],
             labels=labels,
@@ -186,8 +204,14 @@ def build_class_texts(folder: Path) -> None:
 
 
 def child(config: str, run_dir: str, out: str) -> None:
-    """One training run (one rank under torchrun): peak RSS and peak PSS sampled every 50 ms."""
+    """One training run (one rank under torchrun): peak RSS and PSS (sampled every 50 ms), RssAnon / RssFile and
+    read_bytes after every step, and the store rows read."""
     import psutil
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from vlmkd.compose import build_run
+    from vlmkd.config import load_config
 
     proc, peak = psutil.Process(), {"pss": 0}
 
@@ -197,32 +221,93 @@ def child(config: str, run_dir: str, out: str) -> None:
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
-    from vlmkd.config import load_config
-    from vlmkd.engine.trainer import Trainer
-
     t0 = time.time()
-    trainer = Trainer(load_config(config), run_dir)
+    run = build_run(load_config(config), run_dir)
+    sources = list(run.trainer.data.dataset.extras.values())
+    store_mb = sum(os.path.getsize(p) for p in store_files(sources)) / 2**20
+    touch_mb = None
     if os.environ.get("MEMSCALE_TOUCH"):
-        touch(trainer.dataset.extras.values())
-    trainer.fit()
+        before = proc.memory_full_info().pss
+        touch(sources)
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()  # both ranks have read everything: shared pages split between them
+        touch_mb = (proc.memory_full_info().pss - before) / 2**20  # what this rank keeps of what it read
+    if os.environ.get("MEMSCALE_COLD"):
+        evict(sources)
+    rows, steps = count_row_reads(), [proc_status()]
+    register_optimizer_step_post_hook(lambda *_: steps.append({**proc_status(), "rows": rows["n"]}))
+    run.fit()
     peak["pss"] = max(peak["pss"], proc.memory_full_info().pss)
     rank = os.environ.get("RANK", "0")
     rec = {
         "rss_peak_mb": peak_rss_mb(),
         "pss_peak_mb": peak["pss"] / 2**20,
+        "steps": steps,
+        "store_mb": store_mb,
+        "touch_pss_mb": touch_mb,
         "wall_s": round(time.time() - t0, 1),
     }
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(rec))
 
 
+def count_row_reads() -> dict:
+    """Counts the rows a StoreRows reads: its index-map row (if any) and the store rows it names, or one store
+    row (all views of a sample) without a map."""
+    from vlmkd.tasks.rows import StoreRows
+
+    counter, block = {"n": 0}, StoreRows.block
+
+    def counted(self, i):
+        got = block(self, i)
+        mapped = self.index_path is not None or self._index is not None
+        counter["n"] += 1 + len(got) if mapped else 1
+        return got
+
+    StoreRows.block = counted
+    return counter
+
+
+def store_files(row_sources) -> list[str]:
+    return [
+        p
+        for rows in row_sources
+        for p in (getattr(rows, "path", None), getattr(rows, "index_path", None))
+        if p
+    ]
+
+
+def evict(row_sources) -> None:
+    """Drop the stores' pages from the page cache (clean pages no process maps), so the steps read them cold."""
+    for path in store_files(row_sources):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def proc_status() -> dict:
+    """RssAnon and RssFile (MB) from /proc/self/status, read_bytes (bytes from storage) from /proc/self/io."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("RssAnon", "RssFile"):
+            out[key] = int(line.split()[1]) / 1024
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            out["read_bytes"] = int(line.split()[1])
+    return out
+
+
 def touch(row_sources) -> None:
-    """Read every page of the memory-mapped stores, as a full epoch would: they become resident in this
-    process's mappings, and PSS shows whether ranks share them (page cache) or each holds a copy."""
+    """Read every row of the stores, as a full epoch would: a rank that kept what it read (a copy, or mapped pages
+    it does not share) would show in PSS."""
     for rows in row_sources:
         for arr in (getattr(rows, "array", None), getattr(rows, "index", None)):
-            if isinstance(arr, np.ndarray):
-                for lo in range(0, len(arr), 65536):
-                    float(np.asarray(arr[lo : lo + 65536], dtype=np.float32).sum())
+            if arr is not None and hasattr(arr, "shape"):
+                for lo in range(0, len(arr), 4096):
+                    float(np.asarray(arr[lo : lo + 4096], dtype=np.float32).sum())
 
 
 def peak_rss_mb() -> float:
@@ -234,10 +319,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
-def measure(config: Path, run_dir: Path, nproc: int, touch_all: bool = False) -> list[dict]:
+def read_ahead_kb(path: Path) -> int | str:
+    """read_ahead_kb of the block device holding `path` (its disk's, for a partition); "unknown" if none."""
+    st = os.stat(path)
+    dev = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    try:
+        dev = dev.resolve(strict=True)
+    except OSError:
+        return "unknown"  # no block device (tmpfs, overlay, network file system) or not Linux
+    for folder in (dev, dev.parent):
+        f = folder / "queue" / "read_ahead_kb"
+        if f.is_file():
+            return int(f.read_text())
+    return "unknown"
+
+
+def measure(
+    config: Path, run_dir: Path, nproc: int, touch_all: bool = False, cold: bool = False
+) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "VLMKD_NO_PROGRESS": "1"}
     if touch_all:
         env["MEMSCALE_TOUCH"] = "1"
+    if cold:
+        env["MEMSCALE_COLD"] = "1"
     out = run_dir.parent / f"{run_dir.name}.mem"
     me = [str(Path(__file__).resolve()), "--child", str(config), str(run_dir), str(out)]
     if nproc == 1:
@@ -250,6 +354,18 @@ def measure(config: Path, run_dir: Path, nproc: int, touch_all: bool = False) ->
     if r.returncode != 0:
         sys.exit(f"memory_scale: training run failed:\n{r.stderr[-3000:]}")
     return [json.loads(Path(f"{out}.rank{i}.json").read_text()) for i in range(nproc)]
+
+
+def step_numbers(steps: list[dict]) -> dict:
+    """From [before the first step, after step 1, ..., after the last]: the growth figures of the JSON line."""
+    before, first, last = steps[0], steps[1], steps[-1]
+    rows = last["rows"] - first["rows"]
+    return {
+        "rssfile_growth_frac": round((last["RssFile"] - before["RssFile"]) / last["RssAnon"], 4),
+        "rssfile_bytes_per_row": round((last["RssFile"] - first["RssFile"]) * 2**20 / max(rows, 1)),
+        "disk_bytes_per_row": round((last["read_bytes"] - before["read_bytes"]) / max(last["rows"], 1)),
+        "rows": last["rows"],
+    }
 
 
 def main() -> None:
@@ -276,21 +392,37 @@ def main() -> None:
             tb = time.time()
             config = build(base / f"n{n}", n, clip_dir, args.steps)
             build_s[n] = round(time.time() - tb, 1)
-            runs[n] = measure(config, base / f"n{n}" / "run1", 1)
+            runs[n] = measure(config, base / f"n{n}" / "run1", 1)[0]
         big, small = max(sizes), min(sizes)
+        cold = measure(base / f"n{big}" / "run.yaml", base / f"n{big}" / "cold", 1, cold=True)[0]
         # PSS: both runs first read all of the largest size's stores (the steady state of a full epoch)
         one = measure(base / f"n{big}" / "run.yaml", base / f"n{big}" / "pss1", 1, touch_all=True)
         two = measure(base / f"n{big}" / "run.yaml", base / f"n{big}" / "pss2", 2, touch_all=True)
         summary = base / f"n{small}" / "run1" / "summary.json"
+        warm = step_numbers(runs[big]["steps"])
         result = {
-            "rss_ratio_1m_10k": round(runs[big][0]["rss_peak_mb"] / runs[small][0]["rss_peak_mb"], 3),
+            "rss_ratio_1m_10k": round(runs[big]["rss_peak_mb"] / runs[small]["rss_peak_mb"], 3),
+            "rssfile_growth_frac": warm["rssfile_growth_frac"],
+            "store_bytes_per_row": step_numbers(cold["steps"])["disk_bytes_per_row"],
+            "read_ahead_kb": read_ahead_kb(base),
             "pss_ratio_2proc": round(sum(r["pss_peak_mb"] for r in two) / one[0]["pss_peak_mb"], 3),
+            "store_pss_frac_2proc": round(sum(r["touch_pss_mb"] for r in two) / two[0]["store_mb"], 3),
+            "store_pss_frac_1proc": round(one[0]["touch_pss_mb"] / one[0]["store_mb"], 3),
+            "store_mb": round(one[0]["store_mb"], 1),
             "summary_bytes_8142": summary.stat().st_size,
             "sizes": sizes,
-            "peak_rss_mb": {str(n): round(runs[n][0]["rss_peak_mb"], 1) for n in sizes},
+            "peak_rss_mb": {str(n): round(runs[n]["rss_peak_mb"], 1) for n in sizes},
+            "rss_steps_mb": {
+                str(n): [[round(s["RssAnon"], 1), round(s["RssFile"], 1)] for s in runs[n]["steps"]]
+                for n in sizes
+            },
+            "rssfile_bytes_per_row": warm["rssfile_bytes_per_row"],
+            "rows_read": warm["rows"],
+            "cold_rss_steps_mb": [[round(s["RssAnon"], 1), round(s["RssFile"], 1)] for s in cold["steps"]],
             "peak_pss_mb_1proc": round(one[0]["pss_peak_mb"], 1),
             "peak_pss_mb_2proc": [round(r["pss_peak_mb"], 1) for r in two],
             "build_s": {str(n): s for n, s in build_s.items()},
+            "run_s": {str(n): runs[n]["wall_s"] for n in sizes},
             "wall_s": round(time.time() - t0, 1),
         }
         print(json.dumps(result))

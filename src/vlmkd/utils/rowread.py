@@ -2,10 +2,10 @@
 
 Training reads a few rows per sample at random positions of multi-GB stores. `open_rows(path)` reads exactly those
 rows' bytes with `os.preadv` at their file offsets, instead of memory-mapping the file. Why not a memory map, even
-with `madvise(MADV_RANDOM)`: measured on the Linux 6.18 machine this was written on (ext4, `read_ahead_kb` 8192),
+with `madvise(MADV_RANDOM)`: measured on the Linux 6.18 machine this was written on (ext4 family, `read_ahead_kb` 8192),
 one random 768-byte row of a memory map made RssFile grow by 1.29 MB when the file was in the page cache (the
 fault maps the whole large folio the page cache holds, MADV_RANDOM or not), and read 2.1 MB from disk per row when
-it was not (8 MB read-around); with MADV_RANDOM the cold read fell to one page, but the hot mapping stayed 1.29 MB.
+it was not (8 MB read-around); with MADV_RANDOM the cold read fell to about one page, but the hot mapping stayed 1.29 MB.
 `preadv` brings in the row's pages only (one or two 4 KB pages cold; none from a warm page cache), copies the row
 into the caller's buffer and maps nothing, so the process's memory does not grow with the store. `POSIX_FADV_RANDOM`
 on the descriptor tells the kernel not to read ahead around these small reads.
@@ -26,7 +26,7 @@ import numpy as np
 
 from vlmkd.errors import ArtifactError
 
-_HAS_PREAD = hasattr(os, "pread")  # not on Windows: there a locked seek + readinto stands in
+_HAS_PREAD = hasattr(os, "pread")  # not on Windows: there a locked seek + read stands in
 
 
 def open_rows(path: str | os.PathLike) -> RowReader:
