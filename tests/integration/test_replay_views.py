@@ -273,3 +273,42 @@ def test_sharded_teach_of_replayed_views_equals_one_run(tmp_path, tiny):
     np.testing.assert_array_equal(np.asarray(merged), ref)
     np.testing.assert_array_equal(np.load(folder / "params.npy"), ref_params)
     assert ref_params[..., 5:].max() >= 0  # RandAugment's ops are stored with the crop and flip
+
+
+def test_a_killed_teach_of_replayed_views_resumes_from_its_finished_shards(tmp_path, tiny):
+    """Every finished features shard has its parameters shard: the resumed cache equals an uninterrupted one."""
+    import dataclasses
+
+    from vlmkd.teachers.features import PARAM_PARTS, teacher_features
+
+    class Dying:
+        def __init__(self, inner, fail_after):
+            self.inner, self.fail_after, self.calls = inner, fail_after, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def encode_image(self, pixels):
+            if self.calls >= self.fail_after:
+                raise RuntimeError("simulated kill")
+            self.calls += 1
+            return self.inner.encode_image(pixels)
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny, data={"augment": "basic"}))
+    ms = build_manifests(cfg.data)
+    teacher = load_clip_teacher(cfg.clip.name)
+    clip = dataclasses.replace(cfg.clip, batch_size=2, cache_dir=str(tmp_path / "cut"))
+    with pytest.raises(
+        RuntimeError, match="simulated kill"
+    ):  # shards of 4 rows, batches of 2: dies in shard 3
+        teacher_features(Dying(teacher, 5), ms["train"], clip, data_cfg=cfg.data, shard_size=4)
+    folder = cache_folder(teacher, ms["train"], clip, cfg.data)
+    assert len(list(folder.glob("shard_*.npy"))) == 2 and len(list((folder / PARAM_PARTS).glob("*.npy"))) == 2
+    resumed = np.asarray(teacher_features(teacher, ms["train"], clip, data_cfg=cfg.data))
+    assert not (folder / PARAM_PARTS).exists()  # one process: its shards are removed after the merge
+    fresh = dataclasses.replace(clip, cache_dir=str(tmp_path / "fresh"))
+    np.testing.assert_array_equal(
+        resumed, np.asarray(teacher_features(teacher, ms["train"], fresh, data_cfg=cfg.data))
+    )
+    fresh_folder = cache_folder(teacher, ms["train"], fresh, cfg.data)
+    np.testing.assert_array_equal(np.load(folder / "params.npy"), np.load(fresh_folder / "params.npy"))
