@@ -17,7 +17,7 @@ from PIL import Image
 from vlmkd.data import parquet as _parquet  # noqa: F401  (registers the parquet and hf readers)
 from vlmkd.data import shards as _shards  # noqa: F401  (registers the wds reader)
 from vlmkd.data.arrays import load_array_source
-from vlmkd.data.decode import DEFAULT_MAX_PIXELS, check_image, load_image, load_image_bytes
+from vlmkd.data.decode import DEFAULT_MAX_PIXELS, check_image, load_image, load_image_bytes, open_checked
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.paths import IMAGE_EXTENSIONS, confined_path, is_image_file
 from vlmkd.data.sharded import reader, scheme_of
@@ -106,8 +106,12 @@ def unreadable_files(
 
     def reason(item: tuple[str, str]) -> str | None:
         try:
-            if scheme_of(item[1]):  # inside a container: the bytes are read anyway, so always decode
-                load_image_bytes(*reader(item[1]).read(item[0]), max_side=64, max_pixels=max_pixels)
+            if scheme_of(item[1]):  # inside a container: the same two levels of check on the member's bytes
+                data, name = reader(item[1]).read(item[0])
+                if decode:
+                    load_image_bytes(data, name, max_side=64, max_pixels=max_pixels)
+                else:
+                    open_checked(name, max_pixels, data).close()
             else:
                 check_image(confined_path(item[1], item[0]), max_pixels, decode=decode)
         except DataError as e:
