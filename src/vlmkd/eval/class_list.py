@@ -114,7 +114,7 @@ def class_list_accuracy(
         labels.append(lut[out["labels"]])
         splits[split] = {
             "images": int(len(out["labels"])),
-            "classes": [names[i] for i in lut],
+            "classes": [names[i] for i in sorted(lut)],
             "root": str(part.root),
         }
     pred = np.concatenate(preds) if preds else np.zeros(0, np.int64)
