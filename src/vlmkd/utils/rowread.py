@@ -26,6 +26,7 @@ import numpy as np
 
 from vlmkd.errors import ArtifactError
 
+_PREADV = getattr(os, "preadv", None)  # Linux, BSDs, macOS 11+: reads straight into the result array
 _HAS_PREAD = hasattr(os, "pread")  # not on Windows: there a locked seek + read stands in
 
 
@@ -165,19 +166,22 @@ class RowReader:
         return out
 
     def _read_into(self, out: np.ndarray, row: int) -> None:
-        view, pos = memoryview(out.reshape(-1).view(np.uint8)), self.offset + row * self.row_bytes
-        done = 0
-        while done < len(view):  # a read may return fewer bytes than asked (large reads, signals)
+        if self._fd is None:
+            raise ValueError(f"read from a closed RowReader ({self.filename!r})")
+        pos, size = self.offset + row * self.row_bytes, out.nbytes
+        done = _PREADV(self._fd, [out], pos) if _PREADV else 0  # the common case: one call, no views
+        if done == size:
+            return
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        while done < size:  # a read may return fewer bytes than asked (large reads, signals)
             n = self._pread(view[done:], pos + done)
             if n <= 0:
                 raise ArtifactError(f"{self.filename!r} is shorter than its header says; rebuild the store")
             done += n
 
     def _pread(self, buf: memoryview, pos: int) -> int:
-        if self._fd is None:
-            raise ValueError(f"read from a closed RowReader ({self.filename!r})")
-        if hasattr(os, "preadv"):
-            return os.preadv(self._fd, [buf], pos)
+        if _PREADV:
+            return _PREADV(self._fd, [buf], pos)
         if _HAS_PREAD:
             data = os.pread(self._fd, len(buf), pos)
         else:
