@@ -148,9 +148,8 @@ class RowReader:
         if idx.min() < -n or idx.max() >= n:
             raise IndexError(f"row index out of range for {n} rows of {self.filename!r}")
         uniq, inverse = np.unique(idx.ravel() % n, return_inverse=True)
-        starts = np.flatnonzero(
-            np.diff(uniq, prepend=-2) != 1
-        ).tolist()  # where runs of consecutive rows begin
+        # where runs of consecutive rows begin
+        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1).tolist()
         return self._read_runs(uniq, starts)[inverse.ravel()].reshape(shape)
 
     def _read_runs(self, uniq: Any, starts: list[int]) -> np.ndarray:
