@@ -140,9 +140,8 @@ def small(tmp_path_factory) -> dict:
     sizes = [
         512 * 3 + math.ceil(p.stat().st_size / 512) * 512 + 512 * 2 for p in (data / "train").rglob("*.png")
     ]
-    cap = math.ceil(sum(sizes) / 3) + max(
-        sizes
-    )  # at most 3 shards, and at least 3 as no sample is that large
+    # what ShardWriter counts per sample; at most 3 shards, and at least 3 as no sample is that large
+    cap = math.ceil(sum(sizes) / 3) + max(sizes)
     assert main(["data", "pack", str(files), str(base / "shards"), "--shard-size", str(cap)]) == 0
     assert len(json.loads((base / "shards/pack.json").read_text())["splits"]["train"]["shards"]) == 3
     return {

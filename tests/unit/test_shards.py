@@ -16,12 +16,12 @@ from PIL import Image
 from conftest import make_image_folder
 from vlmkd.cli import main
 from vlmkd.config import load_config
-from vlmkd.data import build_manifests
+from vlmkd.data import build_manifests, shards
 from vlmkd.data.dataset import ManifestDataset, collate_skip
 from vlmkd.data.images import open_image, unreadable_files
 from vlmkd.data.pack import parse_size
 from vlmkd.data.sharded import expand_braces, expand_spec
-from vlmkd.describe.keys import image_keys
+from vlmkd.describe.keys import MISSING, image_keys
 from vlmkd.errors import ConfigError, DataError
 
 
@@ -121,9 +121,8 @@ def test_truncated_shard_errors_naming_shard_and_key_or_skips(tmp_path):
     whole = shard.read_bytes()
     with tarfile.open(shard) as tf:
         last = max(m.offset_data for m in tf.getmembers())
-    shard.write_bytes(
-        whole[: last + 20]
-    )  # cut inside the last sample's image (its .cls and .json are before it)
+    # cut inside the last sample's image (its .cls and .json are before it)
+    shard.write_bytes(whole[: last + 20])
     args = ["data.format=wds", f"data.root={out}"]
     with pytest.raises(DataError, match=r"train-000000\.tar.* truncated after sample '000000008'"):
         build_manifests(load_config(cfg, args).data)
@@ -135,6 +134,21 @@ def test_truncated_shard_errors_naming_shard_and_key_or_skips(tmp_path):
     batch = collate_skip([ds[i] for i in range(len(m))])
     assert batch["skipped"] == 1 and batch["skipped_files"] == [m.paths[8]]
     assert list(unreadable_files({"train": m})) == [m.paths[8]]
+    # describe's content keys: the cut sample has none (MISSING), the others their sha256
+    assert (image_keys(m) == MISSING).tolist() == [False] * 8 + [True]
+
+
+def test_content_keys_hash_a_shard_once_then_come_from_the_cache(tmp_path, monkeypatch):
+    cfg, out = packed(tmp_path)
+    m = build_manifests(load_config(cfg, ["data.format=wds", f"data.root={out}"]).data)["train"]
+    first = image_keys(m)
+    assert len(list((tmp_path / "index_cache").glob("*.sha256.npy"))) == len(list(out.glob("train-*.tar")))
+
+    def no_read(url):
+        raise AssertionError(f"{url} read again")
+
+    monkeypatch.setattr(shards, "_open", no_read)
+    assert (image_keys(m) == first).all()
 
 
 def test_sample_without_image_and_undecodable_image(tmp_path):

@@ -10,6 +10,8 @@ Parquet, `datasets` folders: a manifest root "wds:...", "parquet:...", "hf:...")
 from __future__ import annotations
 
 import functools
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image
@@ -32,6 +34,7 @@ __all__ = [
     "load_image",
     "open_image",
     "sample_bytes",
+    "sample_digests",
     "sample_path",
     "unreadable_files",
 ]
@@ -80,6 +83,23 @@ def sample_bytes(manifest: Manifest, i: int) -> tuple[bytes, str]:
     return reader(manifest.root).read(manifest.paths[i])
 
 
+def sample_digests(manifest: Manifest, idx: np.ndarray, workers: int = 8) -> np.ndarray:
+    """sha256 (S32) of the image bytes of rows `idx` of a container-backed manifest, zeros where unreadable: the
+    same content keys the files had. Shards hash a whole shard per sequential read, cached; others in threads."""
+    r = reader(manifest.root)
+    if hasattr(r, "digests"):
+        return r.digests([manifest.paths[int(i)] for i in idx])
+
+    def one(i: int) -> bytes:
+        try:
+            return hashlib.sha256(sample_bytes(manifest, int(i))[0]).digest()
+        except DataError:
+            return b"\0" * 32
+
+    with ThreadPoolExecutor(workers) as pool:
+        return np.array(list(pool.map(one, idx)), dtype="S32").reshape(len(idx))
+
+
 def sample_path(manifest: Manifest, i: int) -> str:
     """How a report names sample i: its file path under the root, else its id. Samples inside shards or Parquet
     are named by their key (the original relative path of packed files), as the bad-image lists key them."""
@@ -95,8 +115,6 @@ def unreadable_files(
     reduced scale where the format allows), which also finds truncated pixel data. Files are checked in threads:
     on network storage the time is spent waiting for reads.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from vlmkd.utils.progress import progress
 
     todo = {}

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmkd.data.images import sample_bytes
+from vlmkd.data.images import sample_digests
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.sharded import scheme_of
-from vlmkd.errors import DataError
 from vlmkd.utils.io import artifact_key, atomic_path
 
 MISSING = b"\0" * 32  # the key of a file that cannot be read at all (recorded as skipped, never described)
@@ -58,17 +57,6 @@ def _array_keys(manifest: Manifest, idx: np.ndarray) -> np.ndarray:
         row = np.ascontiguousarray(src[int(manifest.indices[i])])
         out[j] = hashlib.sha256(repr(row.shape).encode() + row.tobytes()).digest()
     return out
-
-
-def _container_keys(manifest: Manifest, idx: np.ndarray, workers: int) -> np.ndarray:
-    def one(i: int) -> bytes:
-        try:
-            return hashlib.sha256(sample_bytes(manifest, int(i))[0]).digest()
-        except DataError:
-            return MISSING
-
-    with ThreadPoolExecutor(workers) as pool:
-        return np.array(list(pool.map(one, idx)), dtype="S32").reshape(len(idx))
 
 
 class HashCache:
@@ -192,7 +180,7 @@ def image_keys(
     if manifest.indices is not None:
         return _array_keys(manifest, idx)
     if scheme_of(manifest.root):  # inside shards / Parquet: the member's bytes, the same key as the file's
-        return _container_keys(manifest, idx, workers)
+        return sample_digests(manifest, idx, workers)
     from vlmkd.data.images import confined_path
 
     paths = [manifest.paths[i] for i in idx]
