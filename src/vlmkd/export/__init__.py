@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.eval.class_list import score_form
 from vlmkd.export.card import (
     count_flops,
     count_params,
@@ -254,7 +255,12 @@ def export_model(
         class_list = (
             measure_class_list(source, names, emb, seen, cal, student)
             if measure_accuracy
-            else {"names": names, "seen": seen.tolist(), "error": "skipped (--no-accuracy)"}
+            else {
+                "names": names,
+                "seen": seen.tolist(),
+                "scores": score_form(cal, seen),
+                "error": "skipped (--no-accuracy)",
+            }
         )
     else:
         names = list(

@@ -160,7 +160,7 @@ def _generalized(calibration: dict[str, Any] | None) -> list[str]:
         f"Generalized zero-shot, measured by `vlmkd eval` with base (split id) and novel (split ood_test) images "
         f"among the run's {res.get('classes_scored_among')} class names (mean per-class accuracy; harmonic = their "
         "harmonic mean): "
-        f"raw cosine {trio(res)}; with this calibration ({calibration.get('scores', 'cosine')} scores, gamma "
+        f"raw cosine {trio(res)}; with the run's calibration ({calibration.get('scores', 'cosine')} scores, gamma "
         f"{float(calibration.get('gamma') or 0):.3f}) {trio(res.get('calibrated') or {})}."
     ]
 
@@ -219,6 +219,11 @@ def model_card(
                 f"Calibrated stacking: {export['gamma']:.3f} is subtracted from the score of every class the "
                 "student was trained on (`seen` in classes.json) before the division, so that new names compete "
                 "fairly (gamma from `vlmkd eval RUN eval.generalized=true`)."
+            )
+        if export.get("scores") == "standardized" or export.get("gamma"):
+            lines.append(
+                "The export applies this calibration only while its class names mix trained and zero-shot ones; "
+                'a list of one kind scores raw cosine (see "This export\'s classes").'
             )
         lines += _generalized(calibration)
     lines += [
