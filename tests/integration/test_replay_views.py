@@ -236,7 +236,7 @@ def im_cst_config(tmp_path: Path, tiny: dict, **train) -> Path:
 def test_resume_mid_epoch_with_replayed_views_is_exact(tmp_path, tiny):
     from test_train import crash_and_resume
 
-    cfg_path = im_cst_config(tmp_path, tiny, checkpoint_every=1)
+    cfg_path = im_cst_config(tmp_path, tiny, checkpoint_every=1, epochs=2)
     assert main(["teach", str(cfg_path)]) == 0
     # 24 images, batch 8: 3 steps per epoch; the crash at step 5 is in the middle of epoch 2
     crash_and_resume(tmp_path, load_config(cfg_path), crash_at_step=5)
