@@ -109,6 +109,20 @@ def test_pack_keeps_manifest_key_content_keys_and_pixels(tmp_path):
     )
 
 
+def test_repacking_shards_keeps_keys_and_formats(tmp_path):
+    cfg, out = packed(tmp_path)
+    shard_cfg = load_config(cfg, ["data.format=wds", f"data.root={out}"])
+    assert (
+        main(["data", "pack", str(cfg), str(tmp_path / "again"), "data.format=wds", f"data.root={out}"]) == 0
+    )
+    again = build_manifests(load_config(cfg, ["data.format=wds", f"data.root={tmp_path / 'again'}"]).data)
+    first = build_manifests(shard_cfg.data)
+    assert again["train"].key() == first["train"].key()
+    assert (image_keys(again["train"]) == image_keys(first["train"])).all()
+    with tarfile.open(tmp_path / "again" / "train-000000.tar") as tf:
+        assert tf.getnames()[:3] == ["000000000.cls", "000000000.json", "000000000.png"]
+
+
 def test_parse_size():
     assert parse_size("256MB") == 256_000_000 and parse_size("1GiB") == 1 << 30 and parse_size(4096) == 4096
     with pytest.raises(ConfigError, match="256MB"):

@@ -63,9 +63,9 @@ def _image_record(m: Manifest, i: int) -> tuple[bytes, str]:
         buf = io.BytesIO()
         Image.fromarray(np.asarray(open_image(m, i, as_array=True))).save(buf, format="PNG")
         return buf.getvalue(), "png"
-    if scheme_of(m.root):
-        data, name = sample_bytes(m, i)
-        return data, _ext(name)
+    if scheme_of(m.root):  # re-packing shards or Parquet: the extension from the bytes' own format
+        data, _ = sample_bytes(m, i)
+        return data, _sniffed_ext(data)
     path = confined_path(m.root, m.paths[i])
     try:
         return path.read_bytes(), _ext(path.name)
@@ -73,6 +73,15 @@ def _image_record(m: Manifest, i: int) -> tuple[bytes, str]:
         raise DataError(
             f"image {m.paths[i]!r} cannot be read ({e.strerror}); fix it or set data.on_bad_image=skip"
         ) from None
+
+
+def _sniffed_ext(data: bytes) -> str:
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # the header only
+            fmt = (im.format or "").lower()
+    except Exception:  # an undecodable image stays an image member: reading it applies data.on_bad_image
+        return "jpg"
+    return {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt or "jpg")
 
 
 def _ext(name: str) -> str:
