@@ -20,7 +20,7 @@ from vlmkd.data import build_manifests, shards
 from vlmkd.data.dataset import ManifestDataset, collate_skip
 from vlmkd.data.images import open_image, unreadable_files
 from vlmkd.data.pack import parse_size
-from vlmkd.data.sharded import expand_braces, expand_spec
+from vlmkd.data.sharded import absolute_spec, expand_braces, expand_spec
 from vlmkd.describe.keys import MISSING, image_keys
 from vlmkd.errors import ConfigError, DataError
 
@@ -56,6 +56,15 @@ def test_brace_expansion_follows_braceexpand():
     assert expand_spec("a-{0..1}.tar::b.tar") == ["a-0.tar", "a-1.tar", "b.tar"]
     with pytest.raises(DataError, match="names no shards"):
         expand_spec(" :: ")
+
+
+def test_relative_shard_lists_resolve_from_the_working_directory_then_data_root(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "a-0.tar").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert absolute_spec("here/a-{0..1}.tar", "/data") == f"{tmp_path}/here/a-{{0..1}}.tar"
+    assert absolute_spec("b-{0..1}.tar", "/data") == "/data/b-{0..1}.tar"
+    assert absolute_spec("s3://bucket/b-{0..1}.tar", "/data") == "s3://bucket/b-{0..1}.tar"
 
 
 def test_webdataset_conventions_cls_json_and_key(tmp_path):

@@ -131,13 +131,16 @@ def local_path(url: str) -> str:
 
 
 def absolute_spec(spec: str, base: str | None) -> str:
-    """Relative local shard patterns resolved against `base` (data.root) or the working directory, so loader
-    workers and later runs started elsewhere find the same shards."""
+    """Relative local shard patterns made absolute (so loader workers and later runs started elsewhere find the same
+    shards): against the working directory when the first shard is there (as split lists are found), else `base`
+    (data.root)."""
     parts = []
     for part in spec.split("::"):
         part = part.strip()
         if part and not is_remote(part) and not os.path.isabs(local_path(part)):
-            part = os.path.abspath(os.path.join(os.path.expanduser(base or "."), local_path(part)))
+            rel = local_path(part)
+            here = os.path.exists(expand_braces(rel)[0]) or not base
+            part = os.path.abspath(rel if here else os.path.join(os.path.expanduser(base), rel))
         parts.append(part)
     return "::".join(p for p in parts if p)
 
