@@ -223,7 +223,7 @@ def model_card(
         if export.get("scores") == "standardized" or export.get("gamma"):
             lines.append(
                 "The export applies this calibration only while its class names mix trained and zero-shot ones; "
-                'a list of one kind scores raw cosine (see "This export\'s classes").'
+                'a list of one kind scores raw cosine (see "This export\'s classes" under Data).'
             )
         lines += _generalized(calibration)
     lines += [
@@ -239,10 +239,8 @@ def model_card(
             f"- training images: {sum(counts)} of those {len(trained)} classes (per class min {min(counts)}, "
             f"max {max(counts)}, imbalance {max(counts) / max(1, min(counts)):.1f})"
         )
-    if export["head"] == "zero_shot":
-        lines.append(
-            "- this export's class names, trained and zero-shot: see \"This export's classes\" below"
-        )
+    if export["head"] == "zero_shot":  # which names are trained and zero-shot, the test split, the accuracy
+        lines += ["", *class_list_block(class_list or {}, export.get("source") or "RUN")[:-1]]
     lines += [
         "",
         "## Teachers",
@@ -258,11 +256,6 @@ def model_card(
         "",
         *_metrics(summary, "zero_shot" if scored_mode == "cosine" else "classifier", export["head"]),
         "",
-        *(
-            class_list_block(class_list or {}, export.get("source") or "RUN")
-            if export["head"] == "zero_shot"
-            else []
-        ),
         "## Size and speed",
         "",
         f"- parameters: {_fmt_count(params)} ({params:,})",
@@ -294,7 +287,7 @@ BLOCK_START, BLOCK_END = "<!-- vlmkd:class-list -->", "<!-- /vlmkd:class-list --
 
 
 def class_list_block(res: dict[str, Any], run: str = "RUN") -> list[str]:
-    """The card's "This export's classes" section: which names were trained and which are zero-shot, the score
+    """The Data section's "This export's classes": which names were trained and which are zero-shot, the score
     form this list gets, and its accuracy on the run's test images as `vlmkd eval RUN --classes` reports it.
     Between markers, so that `vlmkd classes add|remove` rewrite it for the new list."""
     names, seen = list(res.get("names") or []), [bool(x) for x in res.get("seen") or []]
@@ -302,7 +295,7 @@ def class_list_block(res: dict[str, Any], run: str = "RUN") -> list[str]:
     new = [n for n, s in zip(names, seen) if not s]
     lines = [
         BLOCK_START,
-        "## This export's classes",
+        "### This export's classes",
         "",
         f"- {len(names)} class names: {len(trained)} trained on ({_names(trained)}), {len(new)} zero-shot, "
         f"never trained on ({_names(new)})",
