@@ -73,8 +73,10 @@ def env(threads: int) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads), "VLMKD_NO_PROGRESS": "1"}
 
 
-def train(config: Path, run: Path, nproc: int = 1, threads: int = 1) -> dict:
-    cmd = [sys.executable, "-m", "vlmkd", "train", str(config), "--run-dir", str(run)]
+def train(
+    config: Path, run: Path, nproc: int = 1, threads: int = 1, overrides: list[str] | None = None
+) -> dict:
+    cmd = [sys.executable, "-m", "vlmkd", "train", str(config), "--run-dir", str(run), *(overrides or [])]
     if nproc > 1:
         cmd = [
             sys.executable,

@@ -46,3 +46,8 @@ def test_conversion_keeps_the_parameters_an_optimizer_holds():
     params = list(model.parameters())
     converted = convert_cpu_sync_batchnorm(model)
     assert all(a is b for a, b in zip(params, converted.parameters()))
+
+
+def test_conversion_keeps_a_float64_layer_float64():
+    converted = convert_cpu_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(2)).double())
+    assert {t.dtype for t in converted.state_dict().values() if t.is_floating_point()} == {torch.float64}

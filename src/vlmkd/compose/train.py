@@ -111,6 +111,12 @@ def build_run(cfg: Config, run_dir: str | Path, resume: bool = False) -> Trainin
     provenance.start_run()  # artifacts.json names what this run's build_task reads
     task, extras, eval_spec = build_task(cfg, manifests, device)
     task.to(device)
+    if cfg.train.precision not in ("float32", "float64"):
+        raise ConfigError(f"train.precision must be float32 or float64, got {cfg.train.precision!r}")
+    if cfg.train.precision == "float64":
+        if device.type != "cpu":
+            raise ConfigError("train.precision=float64 is for CPU equivalence checks; set train.device=cpu")
+        task.double()
     reseed_per_rank(cfg.train.seed, info.rank)  # after init: dropout differs per rank, the weights do not
     data = train_data(cfg, manifests["train"], extras, info)
     optimizer = build_optimizer(task.trainable_parameters(), cfg.optim)

@@ -70,6 +70,9 @@ class TrainConfig:
     # bound on every collective under torchrun (a rank waiting while another builds an artifact or checkpoints);
     # a dead rank then fails the job after this long instead of hanging it
     dist_timeout_min: float = 60.0
+    # float32, or float64 (CPU only) to check equivalences: over a whole run SGD amplifies float32 summation order
+    # to visible weight differences; in float64 the same run shows a real difference apart from rounding
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         # a run of no step used to write a full run folder and exit 0

@@ -18,13 +18,13 @@ class CPUSyncBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
         c = x.shape[1]
-        xf = x.float()
+        xf = x if x.dtype == torch.float64 else x.float()
         # Two passes over the global batch, as BatchNorm computes one process's statistics: the mean first, then
         # the squared deviations from it. The one-pass E[x^2] - E[x]^2 cancels catastrophically in float32 when
         # a channel's mean is large against its spread (raw pixels into a stem BN), and N processes then train
         # another model than one process does.
         local = torch.cat(
-            [xf.sum((0, 2, 3)), torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)]
+            [xf.sum((0, 2, 3)), torch.tensor([x.numel() / c], dtype=xf.dtype, device=x.device)]
         )
         total = all_reduce(local)
         n = total[c]
@@ -46,8 +46,15 @@ class CPUSyncBatchNorm2d(nn.BatchNorm2d):
 def convert_cpu_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace exact nn.BatchNorm2d layers (not subclasses with fused activations) by CPUSyncBatchNorm2d."""
     if type(module) is nn.BatchNorm2d:
+        ref = module.weight if module.affine else module.running_mean
         new = CPUSyncBatchNorm2d(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=None if ref is None else ref.device,
+            dtype=None if ref is None else ref.dtype,  # a float64 run's statistics stay float64
         )
         new.load_state_dict(module.state_dict())
         if (

@@ -183,8 +183,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- loop
     def _step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        dtype = next(self.state.parameters()).dtype  # float64 runs (train.precision) get float64 inputs
         batch = {
-            k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
+            k: (
+                v.to(self.device, dtype if v.is_floating_point() else None, non_blocking=True)
+                if torch.is_tensor(v)
+                else v
+            )
+            for k, v in batch.items()
         }
         if self.device.type == "cuda" and self.cfg.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)

@@ -38,7 +38,7 @@ def student_outputs(
     for batch in progress(dl, desc=desc, unit="batch"):
         if "image" not in batch:
             continue
-        out = model(batch["image"].to(device))
+        out = model(batch["image"].to(device, _dtype(model)))
         for k in ("logits", "embedding"):
             if k in out:
                 chunks.setdefault(k, []).append(out[k].float().cpu().numpy())
@@ -69,7 +69,9 @@ def student_predictions(
     preds, labels = [], []
     for batch in progress(dl, desc=desc, unit="batch"):
         if "image" in batch:
-            out = {k: v.float().cpu().numpy() for k, v in model(batch["image"].to(device)).items()}
+            out = {
+                k: v.float().cpu().numpy() for k, v in model(batch["image"].to(device, _dtype(model))).items()
+            }
             preds.append(np.asarray(score(out)).argmax(1))
             labels.append(batch["label"].numpy())
     model.train(was_training)
@@ -81,3 +83,8 @@ def cosine_logits(embedding: np.ndarray, class_text: np.ndarray, temperature: fl
     e = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
     w = class_text / np.maximum(np.linalg.norm(class_text, axis=1, keepdims=True), 1e-12)
     return e @ w.T / temperature
+
+
+def _dtype(model: torch.nn.Module) -> torch.dtype:
+    """The model's parameter dtype (float64 in a train.precision=float64 run): inputs are cast to it."""
+    return next(model.parameters()).dtype

@@ -142,7 +142,12 @@ class DistillTask(nn.Module):
             if coupled and self.local_loss and getattr(t.module, "local_rows", False) and len(sizes) > 1:
                 rank = get_info().rank  # this rank's rows of the gathered batch
                 kwargs["rows"] = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
-            value = t.module(*[a.float() if a.is_floating_point() else a for a in args], **kwargs)
+            # losses in float32 at least (bf16 autocast outputs upcast), float64 in a float64 run
+            args = [
+                a.to(torch.promote_types(a.dtype, torch.float32)) if a.is_floating_point() else a
+                for a in args
+            ]
+            value = t.module(*args, **kwargs)
             result[f"loss/{t.name}"] = value.detach()
             total = t.weight * value if total is None else total + t.weight * value
         result["loss"] = total

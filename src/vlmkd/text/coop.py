@@ -173,10 +173,19 @@ class LearnedClassText(Mapping):
 
     def __init__(self, learner: PromptLearner, split_names: dict[str, list[str]]):
         self.learner, self.split_names = learner, split_names
+        # one view per evaluation (EvalSpec.for_state makes a fresh one): scoring reads a split's matrix once per
+        # batch, and running the text tower for each batch made a CoOp evaluation cost minutes on a CPU
+        self._cache: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
 
     def __getitem__(self, split: str) -> np.ndarray:
+        ctx = self.learner.ctx.detach().clone()
+        hit = self._cache.get(split)
+        if hit is not None and torch.equal(hit[0], ctx):  # recomputed when the context moved since
+            return hit[1]
         with torch.no_grad():
-            return self.learner(self.split_names[split]).cpu().numpy().astype(np.float32)
+            mat = self.learner(self.split_names[split]).cpu().numpy().astype(np.float32)
+        self._cache[split] = (ctx, mat)
+        return mat
 
     def __iter__(self):
         return iter(self.split_names)
