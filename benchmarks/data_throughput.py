@@ -25,8 +25,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
-    from vlmkd.config import load_config
     from vlmkd.compose import build_run
+    from vlmkd.config import load_config
 
     cfg = load_config(args.config, [*args.overrides, "train.tensorboard=false", "eval.every=0"])
     t = build_run(cfg, "/tmp/vlmkd-bench-data").trainer

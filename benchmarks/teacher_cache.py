@@ -113,7 +113,9 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
 
     def task(live: bool) -> DistillTask:
         torch.manual_seed(0)
-        student = create_student(args.student, num_classes=args.classes, head="both", embed_dim=teacher.embed_dim)
+        student = create_student(
+            args.student, num_classes=args.classes, head="both", embed_dim=teacher.embed_dim
+        )
         terms = [LossSpec("cls", 1.0, build("ce")), LossSpec("mse", 1.0, build("mse"))]
         return DistillTask(student, terms, clip_teacher=teacher if live else None)
 

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from test_train import tiny_config, torchrun_train  # noqa: E402
 
 from conftest import make_image_folder  # noqa: E402
+from vlmkd.compose import TrainingRun, build_run  # noqa: E402
 from vlmkd.config import load_config  # noqa: E402
 from vlmkd.engine.checkpoint import unwrap  # noqa: E402
-from vlmkd.compose import TrainingRun, build_run  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,

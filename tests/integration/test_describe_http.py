@@ -181,7 +181,9 @@ def test_dry_run_estimates_tokens_and_wall_time_per_server_count(tmp_path):
     assert est["estimated_completion_tokens"] == 6 * 20 and est["estimated_seconds"] >= 0
     by = est["estimated_seconds_by_servers"]
     read = est["estimated_read_seconds"]  # the client's part does not shrink with more servers
-    assert est["per_request_latency_s"] >= 0.05 and by["1"] - read == pytest.approx(2 * (by["2"] - read), abs=0.02)
+    assert est["per_request_latency_s"] >= 0.05 and by["1"] - read == pytest.approx(
+        2 * (by["2"] - read), abs=0.02
+    )
     assert not (tmp_path / "desc").exists()  # a dry run stores nothing
 
 

@@ -48,7 +48,9 @@ def encoder():
 @pytest.fixture(scope="module")
 def zero_shot_run(tmp_path_factory, encoder):
     torch.manual_seed(0)
-    student = create_student("cnn_tiny", num_classes=2, in_chans=3, head="embedding", embed_dim=encoder.dim).eval()
+    student = create_student(
+        "cnn_tiny", num_classes=2, in_chans=3, head="embedding", embed_dim=encoder.dim
+    ).eval()
     rng = np.random.default_rng(0)
     tf = build_transform(PRE)
     xs, targets = [], []

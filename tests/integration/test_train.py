@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from conftest import make_image_folder
 from vlmkd.cli import main
-from vlmkd.config import load_config
 from vlmkd.compose import build_run
+from vlmkd.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

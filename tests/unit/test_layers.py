@@ -62,9 +62,7 @@ def test_every_unit_has_a_layer():
 
 
 def test_no_upward_import():
-    upward = sorted(
-        f"{f}: {a} -> {b}" for a, b, f in edges() if b in LAYER and LAYER[b] > LAYER[a]
-    )
+    upward = sorted(f"{f}: {a} -> {b}" for a, b, f in edges() if b in LAYER and LAYER[b] > LAYER[a])
     assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
 
 
@@ -92,9 +90,9 @@ def module_edges() -> set[tuple[str, str]]:
     for path in SRC.rglob("*.py"):
         mod = "vlmkd." + ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                if node.module.startswith("vlmkd."):
-                    out.add((mod, node.module))
+            is_from = isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+            if is_from and node.module.startswith("vlmkd."):
+                out.add((mod, node.module))
     return out
 
 

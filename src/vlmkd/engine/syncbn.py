@@ -23,9 +23,7 @@ class CPUSyncBatchNorm2d(nn.BatchNorm2d):
         # the squared deviations from it. The one-pass E[x^2] - E[x]^2 cancels catastrophically in float32 when
         # a channel's mean is large against its spread (raw pixels into a stem BN), and N processes then train
         # another model than one process does.
-        local = torch.cat(
-            [xf.sum((0, 2, 3)), torch.tensor([x.numel() / c], dtype=xf.dtype, device=x.device)]
-        )
+        local = torch.cat([xf.sum((0, 2, 3)), torch.tensor([x.numel() / c], dtype=xf.dtype, device=x.device)])
         total = all_reduce(local)
         n = total[c]
         mean = total[:c] / n

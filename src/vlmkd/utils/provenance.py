@@ -141,8 +141,7 @@ def warn_if_moved(text_cfg: Any, run_dir: Path, stem: str) -> list[str]:
 def finish_run(run_dir: str | Path, text_cfg: Any) -> dict[str, Any]:
     """Write `<run_dir>/artifacts.json` (main process) and return it. The description store is named here: the
     trainer reads it only through the embeddings made from it (their `source_key`)."""
-    from vlmkd.utils.io import resolve_store
-    from vlmkd.utils.io import write_json
+    from vlmkd.utils.io import resolve_store, write_json
 
     emb = _ARTIFACTS.get("embeddings")
     if emb and getattr(text_cfg, "descriptions", None):
