@@ -71,7 +71,7 @@ def _card_quotes(export: Path, res: dict) -> None:
     card = (export / "MODEL_CARD.md").read_text()
     block = card[card.index("<!-- vlmkd:class-list -->") : card.index("<!-- /vlmkd:class-list -->")]
     assert f"overall {100 * res['overall']:.2f}%, mean per class {100 * res['mean_per_class']:.2f}%" in block
-    assert f"- scores: {res['scores']} (" in block
+    assert f"- scores: {res['scores']}; " in block
     assert card.count("<!-- vlmkd:class-list -->") == 1
 
 

@@ -308,7 +308,7 @@ def class_list_block(res: dict[str, Any], run: str = "RUN") -> list[str]:
             )
         else:
             why = "the names are all of one kind (all trained or all zero-shot), so no calibration applies"
-        lines.append(f"- scores: {scores} ({why})")
+        lines.append(f"- scores: {scores}; {why}")
     if res.get("error"):
         lines.append(f"- accuracy with this class list: {NOT_MEASURED} ({res['error']})")
     elif res.get("overall") is None:
