@@ -110,6 +110,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    # small shards: the plain streaming loop gives each worker whole shards, so fewer shards than workers would
+    # idle workers there (webdataset issue 188) and make the comparison unfair to it
+    ap.add_argument("--shard-mb", type=float, default=8.0)
     args = ap.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as d:
@@ -125,7 +128,7 @@ def main() -> None:
                 "data.test_list=null",
             ],
         )
-        pack({"train": build_manifests(files.data)["train"]}, d / "shards", 64_000_000)
+        pack({"train": build_manifests(files.data)["train"]}, d / "shards", int(args.shard_mb * 1e6))
         shards = sorted(str(p) for p in (d / "shards").glob("*.tar"))
         cfg = load_config(
             RECIPE,
@@ -160,6 +163,7 @@ def main() -> None:
         "model": args.model,
         "batch": args.batch,
         "workers": args.workers,
+        "shards": len(shards),
         "steps_timed": args.steps - args.warmup - 1,
         "vlmkd_img_s": round(ours, 1),
         "plain_img_s": round(plain, 1),
