@@ -122,7 +122,9 @@ def test_every_exported_class_list_predicts_what_its_card_and_eval_say(run, tmp_
     res = _eval_list(run, tmp_path, trained)["class_list"]
     assert res["overall"] == pytest.approx(summary["splits"]["test"]["overall"], abs=1e-12)
     _card_quotes(added, res)
+    capsys.readouterr()
     assert main(["classes", "add", str(added), "fox"]) == 0
+    assert "class list (5 names, 4 trained, standardized" in capsys.readouterr().out
     listed = [*trained, "fox"]
     res = _eval_list(run, tmp_path, listed)["class_list"]
     assert res["seen"] == [True] * 4 + [False] and res["scores"].startswith("standardized")

@@ -41,7 +41,26 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "remove":
         names = remove_classes(args.export_dir, args.names)
         print(f"{len(names)} classes: removed {', '.join(args.names)}")
+    if args.action in ("add", "remove"):
+        _print_measured(args.export_dir)
     else:
         info, _ = read_class_store(args.export_dir)
         print("\n".join(info["names"]))
     return 0
+
+
+def _print_measured(export_dir: str) -> None:
+    """The new list's accuracy that `classes add|remove` measured and wrote to the model card."""
+    from pathlib import Path
+
+    from vlmkd.eval.class_list import format_class_list
+    from vlmkd.utils.io import read_json
+
+    path = Path(export_dir) / "export.json"
+    res = read_json(path).get("class_list") if path.is_file() else None
+    if not res:
+        return
+    if res.get("error"):
+        print(f"accuracy with this class list: not measured ({res['error']})")
+    else:
+        print(f"{format_class_list(res)}; MODEL_CARD.md updated")
