@@ -85,6 +85,8 @@ def test_the_cards_class_list_block_is_replaced_in_place():
         "error": "not measured here",
     }
     card = "# card\n\n" + "\n".join(class_list_block(first)) + "\n## Size and speed\n"
+    assert "- accuracy with this class list: not measured (not measured here)" in card
+    assert "all of one kind (all trained or all zero-shot), so no calibration applies" in card
     res = {
         "names": ["cat", "fox"],
         "seen": [True, False],

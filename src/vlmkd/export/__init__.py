@@ -259,7 +259,7 @@ def export_model(
                 "names": names,
                 "seen": seen.tolist(),
                 "scores": score_form(cal, seen),
-                "error": "skipped (--no-accuracy)",
+                "error": "skipped with --no-accuracy",
             }
         )
     else:
