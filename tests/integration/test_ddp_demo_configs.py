@@ -56,14 +56,27 @@ def learned(run: Path) -> dict[str, torch.Tensor]:
 
 
 def run_both(config: Path, tmp: Path, *overrides: str) -> tuple[float, float]:
-    """(weights, learned texts) differences between 1 process and 2 processes at the same global batch."""
-    one, two = tmp / "one", tmp / "two"
+    """(weights, learned texts) differences between 1 process and 2 processes at the same global batch; also
+    prints the config's float-order floor, 1 process at 2 vs 1 threads, next to them."""
+    one, one_t1, two = tmp / "one", tmp / "one_t1", tmp / "two"
     args = [*STEPS, "train.tensorboard=false", *overrides]
+    threads = torch.get_num_threads()
     assert main(["train", str(config), "--run-dir", str(one), *args]) == 0
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", str(config), "--run-dir", str(one_t1), *args]) == 0
+    finally:
+        torch.set_num_threads(threads)
     torchrun(2, ["train", str(config), "--run-dir", str(two), *args], timeout=600)
     w = rel_diff(load_file(one / "student.safetensors"), load_file(two / "student.safetensors"))
+    floor = rel_diff(load_file(one / "student.safetensors"), load_file(one_t1 / "student.safetensors"))
     a, b = learned(one), learned(two)
     t = rel_diff(a, b) if a else 0.0
+    t_floor = rel_diff(a, learned(one_t1)) if a else 0.0
+    print(
+        f"{config.parent.name} {' '.join(overrides)}: weights {w:.2e} (threads floor {floor:.2e}), "
+        f"learned class texts {t:.2e} (floor {t_floor:.2e})"
+    )
     return w, t
 
 
@@ -84,7 +97,6 @@ METHODS = [
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_equal_one_on_the_demo_config(demo_runs, tmp_path, method):
     w, t = run_both(demo_runs[method], tmp_path)
-    print(f"{method}: weights {w:.2e}, learned class texts {t:.2e}")
     assert w < TOL and t < TOL
 
 
@@ -102,7 +114,6 @@ ABLATIONS = [
 @pytest.mark.parametrize(("method", "overrides"), ABLATIONS, ids=[" ".join(o) for _, o in ABLATIONS])
 def test_zero_weight_ablations_train_under_torchrun(demo_runs, tmp_path, method, overrides):
     w, t = run_both(demo_runs[method], tmp_path, *overrides)
-    print(f"{method} {' '.join(overrides)}: weights {w:.2e}, learned class texts {t:.2e}")
     assert w < TOL and t < TOL
 
 
