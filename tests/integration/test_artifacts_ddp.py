@@ -3,12 +3,14 @@ job arrays, and `train` under torchrun builds a missing teacher cache once (shar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import make_image_folder
@@ -218,9 +220,21 @@ def one_process(texts_config: Path, stage: str, out: Path) -> None:
     """`vlmkd STAGE` in this process, with the shards of EMBED_ROWS texts that torchrun's processes use."""
     import vlmkd.text.store as store
 
-    with pytest.MonkeyPatch.context() as m:
+    with one_thread(), pytest.MonkeyPatch.context() as m:
         m.setattr(store, "EMBED_SHARD", EMBED_ROWS)
         assert main([stage, str(texts_config), f"{stage}.output={out}"]) == 0
+
+
+@contextlib.contextmanager
+def one_thread():
+    """One thread, as torchrun's processes have (helpers_dist): bitwise equality needs the same summation order
+    as well as the same encoder batches."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +301,8 @@ def test_two_process_embed_resumes_from_the_shards_of_a_killed_run(
 
     monkeypatch.setattr(store, "EMBED_SHARD", EMBED_ROWS)
     args = ["embed", str(texts_config), f"embed.output={tmp_path / 'emb'}"]
-    assert main([*args, "--shard", "1/2"]) == 0  # process 1's shards (2 and 4) are written, then
+    with one_thread():
+        assert main([*args, "--shard", "1/2"]) == 0  # process 1's shards (2 and 4) are written, then
     (parts,) = (tmp_path / "emb").glob("*/shards")
     (parts / "shard_00003.npy").unlink()  # its last one is lost, as if killed before writing it
     r = torchrun(2, args, entry=ENTRY)
