@@ -4,7 +4,9 @@ Images sit in nested folders that do not encode the label; the CSV names classes
 with a slash), its `split` column marks val and test rows, and an extra column is ignored. data stats, describe
 (local OpenAI-compatible server), embed, train (balanced softmax + text distillation), eval, export and predict
 all read the same manifest; predict's labels are the CSV's class names and its accuracy on the test rows equals
-eval's.
+eval's. Then issue 19 item 2's KD route (configs/custom/image_folder_kd.yaml): class texts, the domain teacher on
+the training rows, its cached features, and balanced softmax + KD + text, whose run scores the teacher on val
+exactly as `vlmkd eval --teacher` does.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ text: {{descriptions: '{art / "desc"}', embeddings: '{art / "emb"}'}}
 describe: {{backend: openai, model: tiny-vlm, base_url: '{url}', concurrency: 4, max_retries: 1,
             output: '{art / "desc"}'}}
 embed: {{output: '{art / "emb"}', device: cpu}}
+clip: {{cache_dir: '{art / "teacher_features"}'}}
+classtext: {{templates: ["a photo of a {{name}}."], output: '{art / "classtext"}'}}
+domain: {{backbone: cnn_small, split: train, texts: templates, epochs: 3, batch_size: 8, output: '{art / "domain"}'}}
 """
     )
     return cfg
@@ -100,3 +105,27 @@ def test_csv_collection_through_every_stage(tmp_path, capsys):
     truth = {str(root / r["path"]): r["label"] for r in test_rows}
     accuracy = np.mean([p["label"] == truth[p["path"]] for p in preds])
     assert evaluated["headline_split"] == "test" and accuracy == pytest.approx(evaluated["overall"], abs=1e-6)
+
+    # the KD route: class texts, the domain teacher on the training rows, its cached features, KD from it
+    assert main(["classtext", str(cfg)]) == 0
+    assert main(["teacher", "train", str(cfg)]) == 0
+    teacher = next(p for p in (tmp_path / "artifacts/domain").iterdir() if (p / "teacher.json").is_file())
+    kd = [
+        f"clip.name=domain:{teacher}",
+        f"text.class_embeddings={tmp_path / 'artifacts/classtext'}",
+        "teacher.name=clip",
+        "teacher.mode=cached",
+        "losses.kd.name=kd",
+        "losses.kd.weight=1",
+        "losses.kd.args={temperature: 2.0, logit_adjust: true}",
+    ]
+    assert main(["teach", str(cfg), *kd]) == 0
+    assert main(["train", str(cfg), "--run-dir", str(tmp_path / "kd_run"), *kd]) == 0
+    summary = json.loads((tmp_path / "kd_run" / "summary.json").read_text())
+    assert summary["losses"]["kd"]["weight"] == 1
+    check = summary["kd_teacher"]
+    assert check["split"] == "val" and check["student_score"] == summary["splits"]["val"]["mean_per_class"]
+    teacher_eval = tmp_path / "teacher_eval.json"
+    assert main(["eval", str(tmp_path / "kd_run"), "--teacher", "--out", str(teacher_eval)]) == 0
+    own = json.loads(teacher_eval.read_text())["splits"]["val"]["mean_per_class"]
+    assert check["teacher_score"] == pytest.approx(own, abs=1e-6)  # live forward vs cached features

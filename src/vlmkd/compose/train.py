@@ -7,12 +7,14 @@ every split, the shipped student, the report) is composed here too.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vlmkd.config import Config, save_config
 from vlmkd.data import build_manifests
@@ -21,7 +23,7 @@ from vlmkd.data.manifest import Manifest
 from vlmkd.data.samplers import build_sampler, worker_init
 from vlmkd.data.transforms import build_transform, preprocess_config
 from vlmkd.engine.optim import build_optimizer, build_scheduler
-from vlmkd.engine.selection import check_select_on
+from vlmkd.engine.selection import METRIC, check_select_on
 from vlmkd.engine.trainer import FitResult, TrainData, Trainer
 from vlmkd.errors import ConfigError
 from vlmkd.eval.evaluate import evaluate_run, evaluate_split
@@ -31,9 +33,12 @@ from vlmkd.students import student_spec
 from vlmkd.students.io import export_student
 from vlmkd.tasks.build import EvalSpec, build_task
 from vlmkd.tasks.distill import DistillTask
+from vlmkd.tasks.providers import BuildContext, kd_teacher_classifier
 from vlmkd.utils import provenance
 from vlmkd.utils.device import resolve_device
-from vlmkd.utils.dist import DistInfo, barrier, init_distributed, reseed_per_rank
+from vlmkd.utils.dist import DistInfo, barrier, get_info, init_distributed, reseed_per_rank
+
+log = logging.getLogger(__name__)
 
 
 def make_run_dir(cfg: Config, stem: str = "run") -> Path:
@@ -80,6 +85,10 @@ class TrainingRun:
         summary = evaluate_run(
             model.student, self.manifests, cfg, self.eval_spec, self.device, result.history, shard=True
         )
+        if cfg.eval.teacher_accuracy and "teacher_logits" in self.task.providers:
+            check = teacher_check(cfg, self.manifests, self.device, summary)
+            if check:
+                summary["kd_teacher"] = check
         if self.info.is_main:
             summary["selected"] = result.selected
             summary["timings"] = {
@@ -95,6 +104,55 @@ class TrainingRun:
             write_report(self.run_dir, summary)
         barrier()
         return summary if self.info.is_main else {}
+
+
+class _LogitsOut(nn.Module):
+    """A teacher classifier in the student's output form, so the student's evaluation loop scores it."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.classifier(images)}
+
+
+def teacher_check(
+    cfg: Config, manifests: dict[str, Manifest], device: torch.device, summary: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The KD teacher's own accuracy on the selection split next to the student's (every rank calls it: the
+    evaluation is sharded), with a warning when the student ends above its teacher. None where the split is
+    missing, scores other classes than the training ones, or the teacher is not at hand (a reinforced dataset)."""
+    split = cfg.eval.select_on
+    m, student = manifests.get(split), summary["splits"].get(split)
+    if m is None or student is None or m.class_names != manifests["train"].class_names:
+        return None
+    built = kd_teacher_classifier(BuildContext(cfg, manifests, device))
+    if built is None:
+        return None
+    classifier, teacher_id = built
+    metrics = evaluate_split(_LogitsOut(classifier), manifests, split, cfg, EvalSpec(), device, shard=True)
+    check = {
+        "teacher": teacher_id,
+        "split": split,
+        "metric": METRIC,
+        "teacher_score": metrics[METRIC],
+        "student_score": student[METRIC],
+        "teacher_overall": metrics["overall"],
+        "weaker_than_student": metrics[METRIC] < student[METRIC],
+    }
+    if check["weaker_than_student"] and get_info().is_main:
+        log.warning(
+            "the KD teacher scores %.1f%% on %s (%s), below the student it taught (%.1f%%): KD from a weaker "
+            "teacher pulls the student toward its errors; train the labels-only baseline (losses.kd.weight=0) "
+            "and keep KD only if it wins on %s",
+            100 * metrics[METRIC],
+            split,
+            METRIC,
+            100 * student[METRIC],
+            split,
+        )
+    return check
 
 
 def build_run(cfg: Config, run_dir: str | Path, resume: bool = False) -> TrainingRun:

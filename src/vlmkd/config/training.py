@@ -120,6 +120,9 @@ class EvalConfig:
     calibration_scores: str = "auto"
     # also write each split's C x C confusion matrix to confusion.npz in the run folder (never into summary.json)
     confusion: bool = False
+    # a run with a KD term also scores its teacher on the select_on split, next to the student, and warns when the
+    # student ends above it (KD from a weaker teacher pulls the student toward the teacher's errors)
+    teacher_accuracy: bool = True
 
 
 @dataclass

@@ -87,4 +87,4 @@ def cosine_logits(embedding: np.ndarray, class_text: np.ndarray, temperature: fl
 
 def _dtype(model: torch.nn.Module) -> torch.dtype:
     """The model's parameter dtype (float64 in a train.precision=float64 run): inputs are cast to it."""
-    return next(model.parameters()).dtype
+    return next(model.parameters(), torch.empty(0)).dtype  # float32 for a module with no parameters

@@ -98,6 +98,18 @@ def write_report(run_dir: str | Path, summary: dict[str, Any]) -> Path:
             f"| {split} | {_pct(m.get('overall'))} | {_pct(m.get('mean_per_class'))} | {_pct(m.get('many'))} | "
             f"{_pct(m.get('medium'))} | {_pct(m.get('few'))} | {_pct(m.get('tail'))} |"
         )
+    kd = summary.get("kd_teacher")
+    if kd:
+        lines += [
+            "",
+            f"KD teacher `{kd['teacher']}` on {kd['split']}: {_pct(kd['teacher_score'])} {kd['metric']} "
+            f"(student {_pct(kd['student_score'])})."
+            + (
+                " The student ends above its teacher: compare with the labels-only run (losses.kd.weight=0)."
+                if kd["weaker_than_student"]
+                else ""
+            ),
+        ]
     test = summary.get("splits", {}).get("test")
     if test and test.get("per_class"):
         names = summary.get("class_names", [])

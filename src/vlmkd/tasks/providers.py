@@ -327,3 +327,33 @@ def _zero_shot_teacher(ctx: BuildContext) -> Provider:
         teacher, view, torch.as_tensor(class_text_arr), cfg.teacher.zero_shot_temperature
     )
     return LiveTeacher("teacher_logits", classifier)
+
+
+def kd_teacher_classifier(ctx: BuildContext) -> tuple[nn.Module, str] | None:
+    """The run's KD teacher as a frozen images -> logits classifier over the training classes, on the student's
+    eval pixels (for reporting its own accuracy next to the student's); None for a reinforced dataset, which
+    ships the teacher's outputs but not the teacher."""
+    cfg = ctx.cfg
+    if ctx.reinforced():
+        return None
+    if cfg.teacher.name == "clip":
+        from vlmkd.tasks.sources import check_teacher_texts
+        from vlmkd.teachers.zero_shot import ZeroShotClassifier
+
+        if not cfg.clip.name:
+            raise ConfigError(
+                "teacher.name=clip needs clip.name (the CLIP teacher that classifies zero-shot)"
+            )
+        teacher, view = _clip_teacher(ctx)
+        class_text_arr = ctx.class_text()[0]
+        check_teacher_texts(teacher, cfg, ctx.train.class_names, class_text_arr)
+        classifier = ZeroShotClassifier(
+            teacher, view, torch.as_tensor(class_text_arr), cfg.teacher.zero_shot_temperature
+        )
+        return classifier.to(ctx.device), f"zero-shot {teacher.teacher_id}"
+    from vlmkd.teachers.vision import load_vision_teacher
+
+    teacher, teacher_id = load_vision_teacher(
+        cfg.teacher, ctx.train.num_classes, cfg.data.in_chans, ctx.device
+    )
+    return teacher.eval().requires_grad_(False), teacher_id
