@@ -23,7 +23,15 @@ TINY = DemoSettings(
     ood_epochs=1,
     fewshot_steps=3,
 )
-LT_METHODS = {"ce", "balanced_softmax", "balanced_softmax+kd", "balanced_softmax+text", "vlmkd"}
+LT_METHODS = {
+    "ce",
+    "balanced_softmax",
+    "balanced_softmax+kd",
+    "balanced_softmax+text",
+    "vlmkd",
+    "balanced_softmax+kd@replay",
+    "balanced_softmax+kd@live",
+}
 OOD_METHODS = {
     "vl_cls_plain",
     "vl_cls",
@@ -31,6 +39,7 @@ OOD_METHODS = {
     "vl_cls+im_cst",
     "vl_cls+im_cst+vlprox",
     "vl_cls+im_cst+coop",
+    "vl_cls+im_cst@replay",
 }
 
 

@@ -20,6 +20,14 @@ KD = [
 TEXT = ["losses.text.name=text_rkd", "losses.text.weight=2.0", "model.head=both"]
 BSM = ["losses.cls.name=balanced_softmax"]
 
+# How the teacher sees the student's images (issue 21, docs/replayed_views.md). KD above reads the teacher's cached
+# output on the clean image; REPLAY caches its output on K views drawn by the student's own training transform and
+# replays one of them for the student each epoch (consistent teaching, no teacher at training time); LIVE runs the
+# teacher on every augmented batch (consistent, a teacher forward per step). K chosen on val (docs/replayed_views.md).
+REPLAY_VIEWS = 10
+REPLAY = ["clip.view=replay", f"clip.num_views={REPLAY_VIEWS}"]
+LIVE = ["teacher.mode=live"]
+
 # VLM-KD (long tail): the paper's loss L_cls + w_kd L_kd + w_text L_text, each term switchable.
 LONGTAIL_METHODS: dict[str, list[str]] = {
     "ce": ["losses.cls.name=ce"],
@@ -27,6 +35,8 @@ LONGTAIL_METHODS: dict[str, list[str]] = {
     "balanced_softmax+kd": BSM + KD,
     "balanced_softmax+text": BSM + TEXT,
     "vlmkd": BSM + KD + TEXT,
+    "balanced_softmax+kd@replay": BSM + KD + REPLAY,
+    "balanced_softmax+kd@live": BSM + KD + LIVE,
 }
 
 # OOD distillation (Li et al. 2023): the student's last layer outputs the teacher's embedding; class texts are
@@ -43,5 +53,6 @@ OOD_METHODS: dict[str, list[str]] = {
     "vl_cls+im_cst+vlprox": OOD_BASE + IM_CST + VLPROX,
     # CoOp: the class texts' context is learned through the frozen MiniLM tower (vlmkd.text.coop)
     "vl_cls+im_cst+coop": OOD_BASE + IM_CST + ["text.coop.enabled=true"],
+    "vl_cls+im_cst@replay": OOD_BASE + IM_CST + REPLAY,
 }
 PLAIN_TEXT_METHODS = {"vl_cls_plain"}
