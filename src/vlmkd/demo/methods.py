@@ -24,7 +24,7 @@ BSM = ["losses.cls.name=balanced_softmax"]
 # output on the clean image; REPLAY caches its output on K views drawn by the student's own training transform and
 # replays one of them for the student each epoch (consistent teaching, no teacher at training time); LIVE runs the
 # teacher on every augmented batch (consistent, a teacher forward per step). K chosen on val (docs/replayed_views.md).
-REPLAY_VIEWS = 10
+REPLAY_VIEWS = 5
 REPLAY = ["clip.view=replay", f"clip.num_views={REPLAY_VIEWS}"]
 LIVE = ["teacher.mode=live"]
 

@@ -10,6 +10,7 @@ import torch
 from vlmkd.config import Config
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ArtifactError
+from vlmkd.eval.generalized import CalibrationSpec, student_generalized
 from vlmkd.eval.metrics import average_last_k, classification_metrics
 from vlmkd.eval.predict import cosine_logits, student_predictions
 from vlmkd.utils.dist import all_gather_objects, get_info
@@ -76,7 +77,7 @@ def evaluate_run(
     shard: bool = False,
 ) -> dict[str, Any]:
     """Every split's metrics (and the generalized zero-shot evaluation) for a run's summary. With `shard`, every
-    rank calls it and the per-split evaluations are sharded; the generalized one runs on rank 0."""
+    rank calls it and every evaluation is sharded over the ranks, the generalized one included."""
     train = manifests["train"]
     summary: dict[str, Any] = {
         "dataset": cfg.data.format,
@@ -95,8 +96,8 @@ def evaluate_run(
             if split.startswith("ood") and eval_spec.mode == "logits":
                 continue  # a closed-set classifier cannot score novel classes
             summary["splits"][split] = evaluate_split(model, manifests, split, cfg, eval_spec, device, shard)
-    if cfg.eval.generalized and (not shard or get_info().is_main):
-        gen = evaluate_generalized(model, manifests, cfg, eval_spec, device)
+    if cfg.eval.generalized:
+        gen = evaluate_generalized(model, manifests, cfg, eval_spec, device, shard)
         if gen is not None:
             summary["generalized"] = gen
             summary["splits"].update(generalized_split_entries(gen))
@@ -121,16 +122,19 @@ def evaluate_run(
 
 
 def evaluate_generalized(
-    model: torch.nn.Module, manifests: dict[str, Manifest], cfg: Config, eval_spec, device="cpu"
+    model: torch.nn.Module,
+    manifests: dict[str, Manifest],
+    cfg: Config,
+    eval_spec,
+    device="cpu",
+    shard: bool = False,
 ) -> dict[str, Any] | None:
     """Generalized zero-shot (X_id and X_ood among base + novel names, raw and calibrated; see
     `vlmkd.eval.generalized`), or None when the student or the run cannot be scored that way."""
-    from vlmkd.eval.generalized import CalibrationSpec, student_generalized
-
     if eval_spec.mode != "cosine":
         return None
     spec = CalibrationSpec.from_config(cfg.eval)
-    return student_generalized(model, manifests, eval_spec.class_text, cfg.data, device, spec)
+    return student_generalized(model, manifests, eval_spec.class_text, cfg.data, device, spec, shard)
 
 
 def generalized_split_entries(gen: dict[str, Any]) -> dict[str, dict[str, Any]]:

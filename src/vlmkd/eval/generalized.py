@@ -68,7 +68,10 @@ from vlmkd.eval.calibration import (
     mean_per_class,
     rule_text,
 )
+from vlmkd.eval.fewshot import draw_support, without_support
 from vlmkd.eval.generalized_report import format_generalized, generalized_table_lines, mean_generalized
+from vlmkd.eval.predict import sharded_outputs
+from vlmkd.utils.io import write_json
 
 __all__ = [
     "CalibrationSpec",
@@ -210,7 +213,6 @@ def calibration_manifest(manifests: dict[str, Any], seed: int = 0):
 def support_manifest(manifests: dict[str, Any], spec: CalibrationSpec):
     """(support, None): the K-shot support of the novel classes drawn exactly as the K-shot evaluation draws it
     (`vlmkd.eval.fewshot.draw_support`, same shots and seed), or (None, why) when it cannot be drawn."""
-    from vlmkd.eval.fewshot import draw_support
 
     pool = manifests.get("ood")
     if pool is None or not len(pool):
@@ -265,7 +267,6 @@ def features_generalized(
 def save_calibration(run_dir: str | Path, gen: dict[str, Any]) -> None:
     """calibration.json (gamma, score form, the rule) and, for standardized scores, score_norm.safetensors in a
     run folder: what `vlmkd export` and `vlmkd predict RUN` apply. Pops the in-memory ScoreNorm from `gen`."""
-    from vlmkd.utils.io import write_json
 
     run_dir = Path(run_dir)
     norm = gen.pop("score_norm", None)
@@ -288,12 +289,12 @@ def student_generalized(
     data_cfg: Any,
     device: Any = "cpu",
     spec: CalibrationSpec | None = None,
+    shard: bool = False,
 ) -> dict[str, Any] | None:
     """Generalized zero-shot of an embedding student over X_id (base) and X_ood (`ood_test`, novel minus any
     support image), gamma chosen by `spec`. None when the run has no novel classes with class texts. The demo
-    calls this too."""
-    from vlmkd.eval.fewshot import without_support
-    from vlmkd.eval.predict import student_outputs
+    calls this too. With `shard` (every rank of a process group calls it), the embeddings are computed over the
+    ranks and gathered; every rank then chooses gamma on the same rows, as one process does."""
 
     if not {"train", "ood_test"} <= set(class_text) or not {"id", "ood_test"} <= set(manifests):
         return None
@@ -305,7 +306,7 @@ def student_generalized(
         parts["ood_test"], parts["support"] = without_support(parts["ood_test"], support), support
     feats, labels = {}, {}
     for name, m in parts.items():
-        out = student_outputs(student, m, data_cfg, device, desc=f"eval {name} (generalized)")
+        out = sharded_outputs(student, m, data_cfg, device, f"eval {name} (generalized)", shard)
         feats[name], labels[name] = out["embedding"], out["labels"]
     return features_generalized(
         feats, labels, class_text["train"], class_text["ood_test"], calib_split, spec, why

@@ -11,6 +11,7 @@ from vlmkd.data.dataset import ManifestDataset, collate_skip
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.transforms import build_transform
 from vlmkd.utils.checkpoint_io import unwrap
+from vlmkd.utils.dist import all_gather_objects, get_info
 from vlmkd.utils.progress import progress
 
 
@@ -46,6 +47,31 @@ def student_outputs(
         chunks.setdefault("index", []).append(batch["index"].numpy())
     model.train(was_training)
     return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def sharded_outputs(
+    student: torch.nn.Module,
+    manifest: Manifest,
+    data_cfg: DataConfig,
+    device: str | torch.device = "cpu",
+    desc: str = "eval",
+    shard: bool = False,
+) -> dict[str, np.ndarray]:
+    """`student_outputs`; with `shard` under a process group (every rank calls it), each rank runs every
+    world-th image and the rows are gathered back into the manifest's order, so every rank gets what one process
+    computes and none waits idle through the whole split."""
+    info = get_info()
+    if not (shard and info.enabled and info.world_size > 1):
+        return student_outputs(student, manifest, data_cfg, device, desc)
+    rows = np.arange(info.rank, len(manifest), info.world_size)
+    out = student_outputs(student, manifest.subset(rows), data_cfg, device, desc)
+    out["index"] = rows[out["index"]] if "index" in out else rows[:0]
+    parts = [p for p in all_gather_objects(out) if len(p.get("index", ()))]
+    if not parts:
+        return out
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order = np.argsort(merged["index"], kind="stable")
+    return {k: v[order] for k, v in merged.items()}
 
 
 @torch.no_grad()
