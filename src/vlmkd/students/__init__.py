@@ -61,7 +61,9 @@ class Student(nn.Module):
                 f"model.head={head} needs model.embed_dim > 0 (the text/teacher embedding size)"
             )
         self.backbone = backbone
-        feat = backbone.num_features
+        # the pooled output's width: timm's head_hidden_size where a head conv follows the pooling (MobileNetV3:
+        # num_features 576, output 1024), else num_features
+        feat = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         self.head_type, self.num_classes, self.embed_dim = head, num_classes, embed_dim
         self.classifier = nn.Linear(feat, num_classes) if head in ("classifier", "both") else None
         self.proj = None
