@@ -27,54 +27,28 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path(os.environ.get("VLMKD_FMNIST", "/usr/share/datasets/fashion-mnist"))
 NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 
 # The CPU shrink settings (documented in the recipes' headers, the walkthrough and the README)
-CPU = {
-    "kd": [
-        "data.image_size=64",
-        "data.batch_size=32",
-        "train.epochs=20",
-        "eval.every=5",
-        "domain.epochs=10",
-        "domain.batch_size=64",
-        "domain.backbone=resnet18",
-    ],
-    "ood": [
-        "data.image_size=64",
-        "data.batch_size=32",
-        "train.epochs=20",
-        "eval.every=5",
-        "domain.epochs=10",
-        "domain.batch_size=64",
-        "domain.backbone=resnet18",
-    ],
-}
+SHRINK = [
+    "data.image_size=64",
+    "data.batch_size=32",
+    "train.epochs=10",
+    "eval.every=5",
+    "domain.epochs=5",
+    "domain.batch_size=64",
+]
+CPU = {"kd": SHRINK, "ood": SHRINK}
 
 
-def build_folder(
-    root: Path, head: int = 400, tail: int = 8, test_per_class: int = 40, size: int = 128
-) -> Path:
-    from vlmkd.data.arrays import _find_idx, _read_idx
+def build_folder(root: Path, head: int = 400, tail: int = 8, test_per_class: int = 40) -> Path:
+    from vlmkd.data.arrays import write_fashion_mnist_folder
 
-    if (root / "test").is_dir():
-        return root
-    files = {"train": "train", "test": "t10k"}
-    x = {s: _read_idx(_find_idx(FMNIST, f"{p}-images-idx3-ubyte")) for s, p in files.items()}
-    y = {s: _read_idx(_find_idx(FMNIST, f"{p}-labels-idx1-ubyte")) for s, p in files.items()}
     counts = np.round(head * (tail / head) ** (np.arange(10) / 9)).astype(int)
-    for split, per in (("train", counts), ("test", [test_per_class] * 10)):
-        for c in range(10):
-            d = root / split / NAMES[c]
-            d.mkdir(parents=True, exist_ok=True)
-            for j in np.flatnonzero(y[split] == c)[: per[c]]:
-                im = Image.fromarray(x[split][j]).convert("RGB").resize((size, size), Image.BICUBIC)
-                im.save(d / f"{j}.jpg", quality=90)
-    return root
+    return write_fashion_mnist_folder(root, FMNIST, list(counts), test_per_class, NAMES, size=128)
 
 
 def vlmkd(*args: str) -> float:
@@ -89,23 +63,30 @@ def teacher_dir(art: Path) -> str:
     return str(next(p for p in (art / "domain").iterdir() if (p / "teacher.json").is_file()))
 
 
-def route_kd(data: Path, out: Path, extra: list[str]) -> dict:
-    recipe = str(ROOT / "configs/custom/image_folder_kd.yaml")
-    art = out / "kd_artifacts"
-    common = [
+def artifact_args(data: Path, art: Path, route: str) -> list[str]:
+    """Every artifact of a route under `art` (the recipes' defaults write under artifacts/)."""
+    return [
         f"data.root={data}",
         f"classtext.output={art / 'classtext'}",
         f"text.class_embeddings={art / 'classtext'}",
         f"domain.output={art / 'domain'}",
         f"clip.cache_dir={art / 'features'}",
+        "train.tensorboard=false",
+        *CPU[route],
+    ]
+
+
+def route_kd(data: Path, out: Path, extra: list[str]) -> dict:
+    recipe = str(ROOT / "configs/custom/image_folder_kd.yaml")
+    art = out / "kd_artifacts"
+    common = [
+        *artifact_args(data, art, "kd"),
         f"describe.output={art / 'descriptions'}",
         f"text.descriptions={art / 'descriptions'}",
         f"embed.output={art / 'embeddings'}",
         f"text.embeddings={art / 'embeddings'}",
         "describe.backend=interrogate",
         "describe.n_descriptions=2",
-        "train.tensorboard=false",
-        *CPU["kd"],
         *extra,
     ]
     t = {"classtext": vlmkd("classtext", recipe, *common)}
@@ -131,16 +112,7 @@ def route_ood(data: Path, out: Path, extra: list[str]) -> dict:
     recipe = str(ROOT / "configs/custom/open_vocab_folder.yaml")
     art = out / "ood_artifacts"
     novel = "data.split.novel_classes=[sandal,sneaker,bag]"
-    common = [
-        f"data.root={data}",
-        f"classtext.output={art / 'classtext'}",
-        f"text.class_embeddings={art / 'classtext'}",
-        f"domain.output={art / 'domain'}",
-        f"clip.cache_dir={art / 'features'}",
-        "train.tensorboard=false",
-        *CPU["ood"],
-        *extra,
-    ]
+    common = [*artifact_args(data, art, "ood"), *extra]
     t = {"classtext": vlmkd("classtext", recipe, *common, novel)}
     t["teacher_train"] = vlmkd("teacher", "train", recipe, *common, "data.split.novel_classes=null")
     clip = f"clip.name=domain:{teacher_dir(art)}"

@@ -19,29 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 FMNIST = Path(os.environ.get("VLMKD_FMNIST", "/usr/share/datasets/fashion-mnist"))
 
 
 def fmnist_folder(root: Path, head: int = 48, tail: int = 5, test_per_class: int = 20) -> Path:
-    """root/{train,test}/<class>/*.png from the real Fashion-MNIST files, train counts decaying head -> tail."""
-    from vlmkd.data.arrays import _find_idx, _read_idx
+    """root/{train,test}/class_<c>/*.png from the real Fashion-MNIST files, train counts decaying head -> tail."""
+    from vlmkd.data.arrays import write_fashion_mnist_folder
 
+    counts = np.round(head * (tail / head) ** (np.arange(10) / 9)).astype(int)
     if (root / "train").is_dir():
         return root
-    files = {"train": "train", "test": "t10k"}
-    x = {s: _read_idx(_find_idx(FMNIST, f"{p}-images-idx3-ubyte")) for s, p in files.items()}
-    y = {s: _read_idx(_find_idx(FMNIST, f"{p}-labels-idx1-ubyte")) for s, p in files.items()}
-    counts = np.round(head * (tail / head) ** (np.arange(10) / 9)).astype(int)
-    for split, per in (("train", counts), ("test", [test_per_class] * 10)):
-        for c in range(10):
-            d = root / split / f"class_{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for j in np.flatnonzero(y[split] == c)[: per[c]]:
-                Image.fromarray(x[split][j]).save(d / f"{j}.png")
-    return root
+    return write_fashion_mnist_folder(root, FMNIST, list(counts), test_per_class)
 
 
 def recipe(out: Path, data: Path, seed: int, epochs: int = 2, size: int = 32, batch: int = 32) -> Path:

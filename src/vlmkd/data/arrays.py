@@ -85,6 +85,40 @@ def fashion_mnist_root(root: str | None) -> Path:
         ) from None
 
 
+def write_fashion_mnist_folder(
+    root: Path,
+    fmnist_root: Path,
+    train_counts: list[int],
+    test_per_class: int,
+    names: list[str] | None = None,
+    size: int | None = None,
+) -> Path:
+    """root/{train,test}/<class>/ image files from the real Fashion-MNIST IDX files under `fmnist_root`: the first
+    `train_counts[c]` training images of class c and `test_per_class` test images per class, as the 28 px
+    grayscale PNGs, or (with `size`) as RGB JPEG photos upsampled to size x size. A user-style folder for scripts
+    and benchmarks; an existing root/test folder is reused as it is."""
+    from PIL import Image
+
+    root = Path(root)
+    if (root / "test").is_dir():
+        return root
+    names = names or [f"class_{c}" for c in range(10)]
+    files = {"train": "train", "test": "t10k"}
+    x = {s: _read_idx(_find_idx(Path(fmnist_root), f"{p}-images-idx3-ubyte")) for s, p in files.items()}
+    y = {s: _read_idx(_find_idx(Path(fmnist_root), f"{p}-labels-idx1-ubyte")) for s, p in files.items()}
+    for split, per in (("train", train_counts), ("test", [test_per_class] * 10)):
+        for c in range(10):
+            d = root / split / names[c]
+            d.mkdir(parents=True, exist_ok=True)
+            for j in np.flatnonzero(y[split] == c)[: per[c]]:
+                im = Image.fromarray(x[split][j])
+                if size:
+                    im.convert("RGB").resize((size, size), Image.BICUBIC).save(d / f"{j}.jpg", quality=90)
+                else:
+                    im.save(d / f"{j}.png")
+    return root
+
+
 def _cifar_batches(root: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for n in names:
