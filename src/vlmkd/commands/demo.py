@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="offline demo: VLM-KD + OOD distillation on Fashion-MNIST (in-house teacher)"
     )
     p.add_argument(
-        "--quick", action="store_true", help="a smaller, faster run (under 3 minutes on 2 CPU cores)"
+        "--quick", action="store_true", help="a smaller, faster run (a few minutes on 2 CPU cores)"
     )
     p.add_argument(
         "--seeds", type=int, default=1, help="student seeds per method (mean and std are reported)"
