@@ -11,6 +11,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vlmkd.config import DataConfig
 from vlmkd.data.manifest import Manifest
@@ -97,8 +98,6 @@ def write_fashion_mnist_folder(
     `train_counts[c]` training images of class c and `test_per_class` test images per class, as the 28 px
     grayscale PNGs, or (with `size`) as RGB JPEG photos upsampled to size x size. A user-style folder for scripts
     and benchmarks; an existing root/test folder is reused as it is."""
-    from PIL import Image
-
     root = Path(root)
     if (root / "test").is_dir():
         return root

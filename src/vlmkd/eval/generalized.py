@@ -294,7 +294,8 @@ def student_generalized(
     """Generalized zero-shot of an embedding student over X_id (base) and X_ood (`ood_test`, novel minus any
     support image), gamma chosen by `spec`. None when the run has no novel classes with class texts. The demo
     calls this too. With `shard` (every rank of a process group calls it), the embeddings are computed over the
-    ranks and gathered; every rank then chooses gamma on the same rows, as one process does."""
+    ranks and gathered on rank 0, which chooses gamma on the same rows as one process does; the other ranks
+    return None."""
 
     if not {"train", "ood_test"} <= set(class_text) or not {"id", "ood_test"} <= set(manifests):
         return None
@@ -307,7 +308,11 @@ def student_generalized(
     feats, labels = {}, {}
     for name, m in parts.items():
         out = sharded_outputs(student, m, data_cfg, device, f"eval {name} (generalized)", shard)
+        if out is None:  # rank 0 holds the gathered rows and scores them
+            continue
         feats[name], labels[name] = out["embedding"], out["labels"]
+    if not feats:
+        return None
     return features_generalized(
         feats, labels, class_text["train"], class_text["ood_test"], calib_split, spec, why
     )

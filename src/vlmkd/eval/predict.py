@@ -11,7 +11,7 @@ from vlmkd.data.dataset import ManifestDataset, collate_skip
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.transforms import build_transform
 from vlmkd.utils.checkpoint_io import unwrap
-from vlmkd.utils.dist import all_gather_objects, get_info
+from vlmkd.utils.dist import gather_objects, get_info
 from vlmkd.utils.progress import progress
 
 
@@ -56,19 +56,20 @@ def sharded_outputs(
     device: str | torch.device = "cpu",
     desc: str = "eval",
     shard: bool = False,
-) -> dict[str, np.ndarray]:
+) -> dict[str, np.ndarray] | None:
     """`student_outputs`; with `shard` under a process group (every rank calls it), each rank runs every
-    world-th image and the rows are gathered back into the manifest's order, so every rank gets what one process
-    computes and none waits idle through the whole split."""
+    world-th image and the rows are gathered on rank 0 in the manifest's order, so rank 0 gets what one process
+    computes, no rank waits idle through the whole split, and the rows are held once. None on the other ranks."""
     info = get_info()
     if not (shard and info.enabled and info.world_size > 1):
         return student_outputs(student, manifest, data_cfg, device, desc)
     rows = np.arange(info.rank, len(manifest), info.world_size)
     out = student_outputs(student, manifest.subset(rows), data_cfg, device, desc)
     out["index"] = rows[out["index"]] if "index" in out else rows[:0]
-    parts = [p for p in all_gather_objects(out) if len(p.get("index", ()))]
-    if not parts:
-        return out
+    parts = gather_objects(out)
+    if parts is None:
+        return None
+    parts = [p for p in parts if len(p["index"])] or parts[:1]
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(merged["index"], kind="stable")
     return {k: v[order] for k, v in merged.items()}

@@ -319,14 +319,24 @@ def _zero_shot_teacher(ctx: BuildContext) -> Provider:
             rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "mean", teacher=teacher)
         check_same_space(rows.dim, class_text_arr.shape[1])
         return ZeroShotLogits(rows, class_text_arr, cfg.teacher.zero_shot_temperature)
+    # consistent teaching: the teacher classifies the student's own crop
+    return LiveTeacher("teacher_logits", _zero_shot_classifier(ctx)[0])
+
+
+def _zero_shot_classifier(ctx: BuildContext) -> tuple[nn.Module, str]:
+    """(the clip teacher as a live zero-shot classifier over the training classes' texts, on student pixels; its
+    id): the live KD teacher, and the teacher the run's end scores."""
+    from vlmkd.tasks.sources import check_teacher_texts
     from vlmkd.teachers.zero_shot import ZeroShotClassifier
 
-    teacher, view = _clip_teacher(ctx)  # consistent teaching: the teacher classifies the student's own crop
+    cfg = ctx.cfg
+    class_text_arr = ctx.class_text()[0]
+    teacher, view = _clip_teacher(ctx)
     check_teacher_texts(teacher, cfg, ctx.train.class_names, class_text_arr)
     classifier = ZeroShotClassifier(
         teacher, view, torch.as_tensor(class_text_arr), cfg.teacher.zero_shot_temperature
     )
-    return LiveTeacher("teacher_logits", classifier)
+    return classifier, f"zero-shot {teacher.teacher_id}"
 
 
 def kd_teacher_classifier(ctx: BuildContext) -> tuple[nn.Module, str] | None:
@@ -336,21 +346,9 @@ def kd_teacher_classifier(ctx: BuildContext) -> tuple[nn.Module, str] | None:
     cfg = ctx.cfg
     if ctx.reinforced():
         return None
-    if cfg.teacher.name == "clip":
-        from vlmkd.tasks.sources import check_teacher_texts
-        from vlmkd.teachers.zero_shot import ZeroShotClassifier
-
-        if not cfg.clip.name:
-            raise ConfigError(
-                "teacher.name=clip needs clip.name (the CLIP teacher that classifies zero-shot)"
-            )
-        teacher, view = _clip_teacher(ctx)
-        class_text_arr = ctx.class_text()[0]
-        check_teacher_texts(teacher, cfg, ctx.train.class_names, class_text_arr)
-        classifier = ZeroShotClassifier(
-            teacher, view, torch.as_tensor(class_text_arr), cfg.teacher.zero_shot_temperature
-        )
-        return classifier.to(ctx.device), f"zero-shot {teacher.teacher_id}"
+    if cfg.teacher.name == "clip":  # built the way the run's provider built it (which checked clip.name)
+        classifier, teacher_id = _zero_shot_classifier(ctx)
+        return classifier.to(ctx.device), teacher_id
     from vlmkd.teachers.vision import load_vision_teacher
 
     teacher, teacher_id = load_vision_teacher(

@@ -201,6 +201,16 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's `obj` (picklable), in rank order, on rank `dst` only (None on the others), so what is gathered
+    is held once, not once per rank; [obj] in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
     """Make every rank's parameters and buffers equal rank `src`'s (e.g. after rank 0 restored the best epoch
     from a file the other nodes may not see)."""
