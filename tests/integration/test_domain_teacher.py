@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from conftest import make_image_folder
 from vlmkd.cli import main
+from vlmkd.config import DataConfig
 from vlmkd.teachers.base import VisionLanguageTeacher
-from vlmkd.teachers.domain import load_domain_teacher
+from vlmkd.teachers.domain import AUTO_MAX_SIZE, DomainTrainSettings, load_domain_teacher, resolve_size
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -87,3 +89,37 @@ def test_teacher_train_refuses_torchrun(tmp_path, colours, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "runs in one process; run it without torchrun" in err and "clip.name=domain:DIR" in err
     assert not (tmp_path / "teacher").exists()
+
+
+def _teacher_folders(tmp_path: Path) -> set[Path]:
+    return {p for p in (tmp_path / "teacher").iterdir() if (p / "teacher.json").is_file()}
+
+
+def test_teacher_has_its_own_input_size_in_its_key(tmp_path, colours, capsys):
+    """The tower trains at domain.image_size (auto: the data's size, capped at 64 px) and saves it, so every later
+    stage feeds it alike; the size is part of the teacher's key (a teacher trained at another size used to be
+    reused silently, since the key held only its settings)."""
+    cfg = teacher_config(tmp_path, colours)
+    assert main(["teacher", "train", str(cfg)]) == 0
+    (auto,) = _teacher_folders(tmp_path)
+    assert load_domain_teacher(auto).preprocess_config()["image_size"] == 16  # auto: the data's 16 px
+    assert main(["teacher", "train", str(cfg), "data.image_size=12"]) == 0
+    (smaller,) = _teacher_folders(tmp_path) - {auto}
+    assert load_domain_teacher(smaller).preprocess_config()["image_size"] == 12
+    assert main(["teacher", "train", str(cfg), "domain.image_size=8"]) == 0
+    (own,) = _teacher_folders(tmp_path) - {auto, smaller}
+    teacher = load_domain_teacher(own)
+    assert teacher.preprocess_config()["image_size"] == 8
+    assert json.loads((own / "teacher.json").read_text())["settings"]["image_size"] == 8
+    assert teacher.preprocess(Image.new("RGB", (40, 30))).shape == (3, 8, 8)
+    capsys.readouterr()
+    assert main(["teacher", "train", str(cfg), "domain.image_size=4"]) == 2
+    assert "domain.image_size must be auto or an integer >= 8, got 4" in capsys.readouterr().err
+
+
+def test_auto_size_is_capped():
+    for data_size, want in ((28, 28), (64, 64), (224, AUTO_MAX_SIZE)):
+        s, d = resolve_size(DomainTrainSettings(), DataConfig(image_size=data_size))
+        assert s.image_size == d.image_size == want
+    s, d = resolve_size(DomainTrainSettings(image_size=96), DataConfig(image_size=224))
+    assert s.image_size == d.image_size == 96

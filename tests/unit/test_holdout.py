@@ -1,4 +1,4 @@
-"""The val carve-out stays put (membership is a hash of each image's own id), and a class without a training image
+"""The val and X_id carve-outs stay put (membership is a hash of each image's own id), and a class without a training image
 is refused by the manifests train builds and reported by `data stats`."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import make_image_folder
 from vlmkd.cli import main
 from vlmkd.config import DataConfig
-from vlmkd.data import build_manifests
+from vlmkd.config.data import SplitConfig
+from vlmkd.data import _id_holdout, build_manifests
 from vlmkd.data.longtail import hashed_holdout, key_fraction
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ConfigError, DataError
@@ -71,3 +72,45 @@ def test_a_class_without_training_images_is_refused_by_train_and_reported_by_sta
     assert "1 classes have no readable training image ('bag')" in err
     assert main(["train", str(tmp_path / "c.yaml"), "train.device=cpu"]) == 2
     assert "class 'bag' has no training image" in capsys.readouterr().err
+
+
+def _id_split_of(ms: dict) -> dict[str, str]:
+    return {p: k for k in ("train", "id") for p in ms[k].paths}
+
+
+def test_adding_images_moves_no_other_image_between_train_and_x_id(tmp_path):
+    """The open-vocabulary X_id hold-out of a folder is drawn like val, by a hash of each image's id (it was a
+    seeded per-class shuffle: positions moved when a class grew)."""
+    root = make_image_folder(tmp_path / "d", per_class=(30, 20, 12), size=8)
+    cfg = DataConfig(format="image_folder", root=str(root), split=SplitConfig(novel_classes=["owl"]))
+    before = _id_split_of(build_manifests(cfg))
+    assert 0 < sum(v == "id" for v in before.values()) < len(before)
+    for i in range(10):
+        Image.fromarray(np.full((8, 8, 3), 9 * i, dtype=np.uint8)).save(
+            root / "train" / "cat" / f"new_{i}.png"
+        )
+    after = _id_split_of(build_manifests(cfg))
+    assert len(after) == len(before) + 10
+    assert [p for p, side in before.items() if after[p] != side] == []
+    ids = [p for p, side in before.items() if side == "id"]
+    assert np.all(key_fraction(ids, cfg.split.seed) < cfg.split.id_fraction)
+    with pytest.raises(ConfigError, match="id_holdout must be auto, hash or stratified, got 'random'"):
+        SplitConfig(id_holdout="random")
+
+
+def test_x_id_of_a_fixed_array_dataset_stays_exactly_stratified():
+    """auto keeps the exact per-class fraction for array datasets (they never grow), which the demo measures on;
+    id_holdout=hash draws the same way as for files."""
+    n = 200
+    m = Manifest(
+        ids=[f"train/{i}" for i in range(n)],
+        labels=np.arange(n) % 2,
+        class_names=["a", "b"],
+        indices=np.arange(n),
+    )
+    cfg = DataConfig(split=SplitConfig(id_fraction=0.3))
+    rest, held = _id_holdout(m, cfg)
+    assert np.bincount(held.labels).tolist() == [30, 30] and len(rest) == n - 60
+    cfg.split.id_holdout = "hash"
+    rest, held = _id_holdout(m, cfg)
+    assert np.array_equal(np.sort(held.ids), np.sort(np.array(m.ids)[key_fraction(m.ids, 0) < 0.3]))

@@ -30,7 +30,17 @@ class SplitConfig:
     # order (image folders: sorted folder names); `vlmkd data stats` prints both
     novel_classes: list[int | str] | None = None
     id_fraction: float = 0.3  # fraction of base-class training images held out as X_id
+    # how X_id is drawn: hash (by a hash of each image's id, like val: adding images moves no other one), stratified
+    # (exactly id_fraction of each class by a seeded shuffle; positions move when the data grows), auto: stratified
+    # for the fixed array datasets (fashion_mnist, cifar*), hash for everything read from files, lists or shards
+    id_holdout: str = "auto"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.id_holdout not in ("auto", "hash", "stratified"):
+            raise ConfigError(
+                f"data.split.id_holdout must be auto, hash or stratified, got {self.id_holdout!r}"
+            )
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from vlmkd.errors import ConfigError
+
 
 @dataclass
 class DescribeConfig:
@@ -123,4 +125,17 @@ class DomainTeacherConfig:
     weight_decay: float = 0.05
     temperature: float = 0.07
     seed: int = 0
+    # the tower's input size, its own (teach, replay and live KD resample to it as for any teacher): auto =
+    # min(data.image_size, 64). Its cost grows with the square of the size and, on a folder of ~1k images, 64 px
+    # scored as well as 224 (benchmarks/domain_teacher.py); raise it for classes told apart by fine detail
+    image_size: int | str = "auto"
     output: str = "artifacts/domain_teacher"
+
+    def __post_init__(self) -> None:
+        ok = self.image_size == "auto" or (
+            isinstance(self.image_size, int)
+            and not isinstance(self.image_size, bool)
+            and self.image_size >= 8
+        )
+        if not ok:
+            raise ConfigError(f"domain.image_size must be auto or an integer >= 8, got {self.image_size!r}")

@@ -50,13 +50,22 @@ def build_manifests(cfg: DataConfig, every_class_trained: bool = True) -> dict[s
         for k in ("train", "val", "test"):
             if k in out:
                 out[k] = out[k].relabel(base, k)
-        out["train"], out["id"] = stratified_holdout(
-            out["train"], cfg.split.id_fraction, cfg.split.seed, "id"
-        )
+        out["train"], out["id"] = _id_holdout(out["train"], cfg)
         out["train"].source = {**out["train"].source, "base_classes": base, "novel_classes": novel}
     if every_class_trained:
         require_trained_classes(out["train"])
     return out
+
+
+def _id_holdout(train: Manifest, cfg: DataConfig) -> tuple[Manifest, Manifest]:
+    """X_id out of the base-class training images: by a hash of each image's id for data that can grow (files,
+    lists, shards), so adding images moves no other one; exactly stratified for the fixed array datasets."""
+    how = cfg.split.id_holdout
+    if how == "auto":
+        how = "stratified" if train.indices is not None else "hash"
+    if how == "hash":
+        return hashed_holdout(train, cfg.split.id_fraction, cfg.split.seed, "id", "data.split.id_fraction")
+    return stratified_holdout(train, cfg.split.id_fraction, cfg.split.seed, "id")
 
 
 def require_trained_classes(train: Manifest) -> None:

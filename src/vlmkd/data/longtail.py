@@ -107,7 +107,7 @@ def key_fraction(ids: Sequence[str], seed: int) -> np.ndarray:
 
 
 def hashed_holdout(
-    manifest: Manifest, fraction: float, seed: int, split_name: str
+    manifest: Manifest, fraction: float, seed: int, split_name: str, option: str = "data.val_fraction"
 ) -> tuple[Manifest, Manifest]:
     """Split off about `fraction` of the samples by a hash of each sample's own id (not its position in a list).
 
@@ -118,7 +118,7 @@ def hashed_holdout(
     the other images of the class).
     """
     if not 0 <= fraction < 1:
-        raise ConfigError(f"the {split_name} fraction (data.val_fraction) must be in [0, 1), got {fraction}")
+        raise ConfigError(f"the {split_name} fraction ({option}) must be in [0, 1), got {fraction}")
     u = key_fraction(manifest.ids, seed)
     held = u < fraction
     total = np.bincount(manifest.labels, minlength=manifest.num_classes)

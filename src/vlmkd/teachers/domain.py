@@ -9,7 +9,7 @@ attribute phrases (the `interrogate` describer) and serves as the CLIP teacher o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,22 @@ class DomainTrainSettings:
     weight_decay: float = 0.05
     temperature: float = 0.07  # initial; learnable like CLIP's logit scale
     seed: int = 0
+    image_size: int | str = "auto"  # the tower's input size; auto = min(data.image_size, AUTO_MAX_SIZE)
+
+
+# The auto input size's cap: cnn_small's cost grows with the square of the size (its first convolutions run at full
+# resolution), and on a 10-class folder of ~1k photos 64 px scored no lower than 96-224 px (benchmarks/domain_teacher.py)
+AUTO_MAX_SIZE = 64
+
+
+def resolve_size(
+    settings: DomainTrainSettings, data_cfg: DataConfig
+) -> tuple[DomainTrainSettings, DataConfig]:
+    """`settings` with its image size resolved, and the data config the tower is trained and fed with (the
+    run's, at the tower's own size; it is saved with the teacher, so every later stage preprocesses alike)."""
+    size = settings.image_size
+    size = min(data_cfg.image_size, AUTO_MAX_SIZE) if size == "auto" else int(size)
+    return replace(settings, image_size=size), replace(data_cfg, image_size=size)
 
 
 class DomainTeacher(nn.Module):
@@ -110,12 +126,18 @@ def load_domain_teacher(
     return teacher.to(device).eval().requires_grad_(False)
 
 
-def domain_teacher_key(pool: Manifest, class_texts: list[list[str]], encoder_info: dict, settings) -> str:
-    """Identity of a trained domain teacher: what it learned from and how (a rerun with the same key reuses it)."""
+def domain_teacher_key(
+    pool: Manifest, class_texts: list[list[str]], encoder_info: dict, settings, data_cfg: DataConfig
+) -> str:
+    """Identity of a trained domain teacher: what it learned from and how, its input pipeline included (a rerun
+    with the same key reuses it; one at another image size or augmentation is another teacher)."""
+    settings, data_cfg = resolve_size(settings, data_cfg)
     return artifact_key(
         {
             "backbone": settings.backbone,
             "settings": asdict(settings),
+            "preprocess": preprocess_config(data_cfg),
+            "augment": data_cfg.augment,
             "text_encoder": encoder_info,
             "trained_on": {"manifest_key": pool.key(), "n": len(pool)},
             "class_texts": class_texts,
@@ -195,6 +217,9 @@ def train_domain_teacher(
     log=None,
 ) -> DomainTeacher:
     """Train the image tower on `pool` against the frozen text encoder's embeddings of `class_texts`."""
+    encoder_info = encoder_info or {"name": getattr(text_encoder, "encoder_id", "unknown")}
+    key = domain_teacher_key(pool, class_texts, encoder_info, settings, data_cfg)
+    settings, data_cfg = resolve_size(settings, data_cfg)
     torch.manual_seed(settings.seed)
     flat = [t for texts in class_texts for t in texts]
     owner = torch.tensor([c for c, texts in enumerate(class_texts) for _ in texts])
@@ -248,11 +273,11 @@ def train_domain_teacher(
         "backbone": settings.backbone,
         "embed_dim": int(table.shape[1]),
         "settings": asdict(settings),
-        "text_encoder": encoder_info or {"name": getattr(text_encoder, "encoder_id", "unknown")},
+        "text_encoder": encoder_info,
         "trained_on": {"manifest_key": pool.key(), "n": len(pool)},
         "class_texts": class_texts,
     }
-    spec["key"] = domain_teacher_key(pool, class_texts, spec["text_encoder"], settings)
+    spec["key"] = key
     teacher = DomainTeacher(tower.eval(), text_encoder, data_cfg, float(logit_scale.detach()), spec)
     return teacher.to(device).requires_grad_(False)
 
@@ -274,7 +299,7 @@ def fit_domain_teacher(
     log=None,
 ) -> tuple[DomainTeacher, Path]:
     """Train (or reuse, when `output/<key16>` holds one with the same key) a domain teacher; returns it and its folder."""
-    key = domain_teacher_key(pool, class_texts, encoder_info, settings)
+    key = domain_teacher_key(pool, class_texts, encoder_info, settings, data_cfg)
     folder = Path(output) / key[:16]
     if (folder / "teacher.json").is_file() and read_json(folder / "teacher.json").get("key") == key:
         if log is not None:
