@@ -1,14 +1,17 @@
 """Training-loader throughput from files vs WebDataset shards vs Parquet, on the same JPEGs.
 
 Generates N JPEGs (default 5,000, 400 x 300, 10 classes) as an image folder, packs them with `vlmkd data pack`
-(64 MB shards) and writes them as Parquet (Hugging Face layout: Image struct column, 100-row row groups), then
+(8 MB shards) and writes them as Parquet (Hugging Face layout: Image struct column, 100-row row groups), then
 times the training loader of the ImageNet-LT recipe (configs/vlmkd/imagenet_lt.yaml: decode + RandomResizedCrop
 + flip at 224 px, `ManifestDataset` + `DataLoader` with W workers, a shuffled epoch) over each. Each source gets
 one warm-up epoch first (page cache, shard index, Parquet's one-time Arrow copy), then R timed epochs each,
 interleaved (files, wds, parquet, files, ...) so a change in the machine's load hits all three alike.
+A fourth source, `plain_wds`, is the loop open_clip and timm users write by hand over the same shards (webdataset's
+streaming pipeline with a 1,000-sample shuffle buffer, PIL decode, the same torchvision transform): vlmkd's shard
+loader against it is `wds_vs_plain_wds`, the loader part of `benchmarks/train_throughput.py`'s GPU comparison.
 Prints one JSON line: median img/s per source and per worker, CPU ms per image (main process + workers: the
-measure that holds on a shared machine), and `wds_vs_files` / `parquet_vs_files` (medians of the side-by-side
-wall-time ratios) with their CPU-time counterparts.
+measure that holds on a shared machine), and `wds_vs_files` / `parquet_vs_files` / `wds_vs_plain_wds` (medians of
+the side-by-side wall-time ratios) with their CPU-time counterparts.
 
     python benchmarks/loader_throughput.py [--n 5000] [--workers 2] [--rounds 3]
 """
@@ -86,6 +89,43 @@ class Loader:
         return n / wall, cpu / n * 1000
 
 
+class PlainLoader:
+    """The loop open_clip and timm users write by hand over the same shards: webdataset's streaming pipeline
+    (shuffle buffer, PIL decode, the torchvision transform the recipe uses), batched in the workers."""
+
+    def __init__(self, shards: list[str], workers: int, batch: int):
+        import torchvision.transforms as T
+
+        self.shards, self.workers, self.batch = shards, workers, batch
+        self.tf = T.Compose(
+            [
+                T.RandomResizedCrop(224),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
+
+    def epoch(self, epoch: int) -> tuple[float, float]:
+        import webdataset as wds
+
+        ds = (
+            wds.WebDataset(self.shards, shardshuffle=len(self.shards), seed=epoch, empty_check=False)
+            .shuffle(1000)
+            .decode("pil")
+            .to_tuple("jpg", "cls")
+            .map_tuple(self.tf, int)
+            .batched(self.batch, partial=True)
+        )
+        loader = wds.WebLoader(ds, batch_size=None, num_workers=self.workers)
+        cpu0, t0, n = _cpu_s(), time.perf_counter(), 0
+        for _, y in loader:
+            n += len(y)
+        del loader
+        wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+        return n / wall, cpu / n * 1000
+
+
 def _cpu_s() -> float:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
@@ -107,7 +147,8 @@ def main() -> None:
         common = [f"data.num_workers={args.workers}", "data.val_list=null", "data.test_list=null"]
         files = load_config(RECIPE, ["data.format=image_folder", f"data.root={d / 'files'}", *common])
         manifest = build_manifests(files.data)["train"]
-        pack({"train": manifest}, d / "shards", 64_000_000)
+        # 8 MB shards: the plain streaming loop gives each worker whole shards (webdataset issue 188)
+        pack({"train": manifest}, d / "shards", 8_000_000)
         write_parquet(manifest, d / "train.parquet")
         sources = {
             "files": files,
@@ -119,6 +160,8 @@ def main() -> None:
             ),
         }
         loaders = {k: Loader(cfg, args.workers, args.batch) for k, cfg in sources.items()}
+        shards = sorted(str(p) for p in (d / "shards").glob("*.tar"))
+        loaders["plain_wds"] = PlainLoader(shards, args.workers, args.batch)
         for lo in loaders.values():
             lo.epoch(0)  # warm-up: page cache, shard index, Parquet's Arrow copy
         runs = {k: [] for k in loaders}
@@ -128,8 +171,8 @@ def main() -> None:
     rate = {k: float(np.median([x[0] for x in v])) for k, v in runs.items()}
     cpu = {k: float(np.median([x[1] for x in v])) for k, v in runs.items()}
 
-    def ratio(k: str) -> float:  # median over rounds of side-by-side ratios
-        return float(np.median([a[0] / b[0] for a, b in zip(runs[k], runs["files"])]))
+    def ratio(k: str, base: str = "files") -> float:  # median over rounds of side-by-side ratios
+        return float(np.median([a[0] / b[0] for a, b in zip(runs[k], runs[base])]))
 
     per = max(args.workers, 1)
     out = {
@@ -145,6 +188,8 @@ def main() -> None:
         "parquet_vs_files": round(ratio("parquet"), 3),
         "wds_vs_files_cpu": round(cpu["files"] / cpu["wds"], 3),
         "parquet_vs_files_cpu": round(cpu["files"] / cpu["parquet"], 3),
+        "wds_vs_plain_wds": round(ratio("wds", "plain_wds"), 3),
+        "wds_vs_plain_wds_cpu": round(cpu["plain_wds"] / cpu["wds"], 3),
         "load_avg_1m": round(os.getloadavg()[0], 1),
     }
     print(json.dumps(out))
