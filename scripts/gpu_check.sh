@@ -5,23 +5,26 @@
 #
 # Needs open_clip for the teacher towers: carried as wheels in .whl/ (open_clip_torch, ftfy, wcwidth), made on a
 # machine with network by `pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl
-# open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.2.13` (all pure Python) and installed
+# open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.2.13 webdataset==1.0.2 braceexpand==0.1.7` (all pure Python;
+# webdataset for the plain loop of train_throughput.py) and installed
 # with --no-index into /tmp/site. vlmkd itself runs from src/ via PYTHONPATH (the tests call `python -m vlmkd`,
 # no console script). Steps, each under `timeout`, each run even if an earlier one failed:
 #   1. pytest -m gpu tests/gpu                                   -> pytest_gpu.log
-#   2. benchmarks/student_vs_teacher.py --device cuda --amp      -> svt_amp.log, svt_cuda.json
-#   3. benchmarks/distill_overhead.py --device cuda (fp32, bf16; resnet18 at 224 px if time is left)
+#   2. benchmarks/train_throughput.py (issue 20: vlmkd train vs a plain timm + webdataset loop, ResNet-50
+#      224 px bf16 + channels_last from shards; goal vlmkd_vs_plain >= 0.95) -> train_throughput.log
+#   3. (if time is left) benchmarks/student_vs_teacher.py --device cuda --amp -> svt_amp.log, svt_cuda.json
+#   4. (if time is left) benchmarks/distill_overhead.py --device cuda (fp32, bf16; resnet18 at 224 px)
 #                                                                -> distill_overhead.log
-#   4. (if time is left) student_vs_teacher.py --device cuda, fp32 -> svt_fp32.log, svt_cuda_fp32.json
-#   5. (if time is left) --amp --channels-last, appended to svt_amp.log
-# At most 8 files under $OUT: env.log, the logs above, summary.txt. Expected ~3-4 min on an H100; worst case ~460 s.
+#   5. (if time is left) student_vs_teacher.py --device cuda, fp32 -> svt_fp32.log, svt_cuda_fp32.json
+#   6. (if time is left) --amp --channels-last, appended to svt_amp.log
+# At most 9 files under $OUT: env.log, the logs above, summary.txt. Expected ~5 min on an H100; worst case ~570 s.
 set -uo pipefail
 
 OUT=${OUT:-/tmp/gpu_check_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-# Worst case (every step hitting its timeout) stays under ~460 s: pytest, svt bf16 and the two small distill runs
-# always run (<= 150+150+45+45 s); the rest start only while the elapsed time is below their threshold.
+# Worst case (every step hitting its timeout) stays under ~570 s: pytest and train_throughput always run (<= 150 +
+# 150 s); the rest start only while the elapsed time is below their threshold (latest start 480 s + 90 s).
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLMKD_NO_PROGRESS=1
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
@@ -82,18 +85,22 @@ note "python -m vlmkd --help rc=$("$PY" -m vlmkd --help >/dev/null 2>&1; echo $?
 step "pytest -m gpu" "$OUT/pytest_gpu.log" 150 \
     "$PY" -m pytest -m gpu tests/gpu -p no:cacheprovider -rfEs --timeout 120
 
-step "svt cuda bf16" "$OUT/svt_amp.log" 150 \
+step "train_throughput r50 bf16" "$OUT/train_throughput.log" 150 \
+    "$PY" benchmarks/train_throughput.py --device cuda --n 6000 --batch 128 --steps 40 --warmup 8 \
+    --workers "$(($(nproc) > 3 ? $(nproc) - 2 : 1))"
+
+maybe 300 "svt cuda bf16" "$OUT/svt_amp.log" 150 \
     "$PY" benchmarks/student_vs_teacher.py --device cuda --amp --json "$OUT/svt_cuda.json"
 
 D="$OUT/distill_overhead.log"
-step "distill cnn_small fp32" "$D" 45 "$PY" benchmarks/distill_overhead.py --device cuda
-step "distill cnn_small bf16" "$D" 45 "$PY" benchmarks/distill_overhead.py --device cuda --amp
-maybe 330 "distill resnet18 224 bf16+cl" "$D" 75 "$PY" benchmarks/distill_overhead.py --device cuda --amp \
+maybe 420 "distill cnn_small fp32" "$D" 45 "$PY" benchmarks/distill_overhead.py --device cuda
+maybe 450 "distill cnn_small bf16" "$D" 45 "$PY" benchmarks/distill_overhead.py --device cuda --amp
+maybe 450 "distill resnet18 224 bf16+cl" "$D" 75 "$PY" benchmarks/distill_overhead.py --device cuda --amp \
     --channels-last --model resnet18 --teacher resnet50 --batch 256 --size 224 --chans 3 --classes 100 --steps 20
 
-maybe 330 "svt cuda fp32" "$OUT/svt_fp32.log" 120 \
+maybe 450 "svt cuda fp32" "$OUT/svt_fp32.log" 120 \
     "$PY" benchmarks/student_vs_teacher.py --device cuda --json "$OUT/svt_cuda_fp32.json"
-maybe 360 "svt cuda bf16+channels_last" "$OUT/svt_amp.log" 90 "$PY" benchmarks/student_vs_teacher.py \
+maybe 480 "svt cuda bf16+channels_last" "$OUT/svt_amp.log" 90 "$PY" benchmarks/student_vs_teacher.py \
     --device cuda --amp --channels-last --quick --students resnet18 resnet50 mobilenetv3_large_100 --teachers ViT-L-14
 
 {
@@ -102,6 +109,8 @@ maybe 360 "svt cuda bf16+channels_last" "$OUT/svt_amp.log" 90 "$PY" benchmarks/s
     cat "$SUMMARY"
     echo "--- pytest"
     tail -n 1 "$OUT/pytest_gpu.log" 2>/dev/null
+    echo "--- train_throughput"
+    grep -h '^{"device"' "$OUT/train_throughput.log" 2>/dev/null
     echo "--- distill_overhead"
     grep -E "^(student |cached-task overhead)" "$D" 2>/dev/null
     echo "--- student_vs_teacher (JSON lines)"
