@@ -106,7 +106,9 @@ def test_teacher_has_its_own_input_size_in_its_key(tmp_path, colours, capsys):
     assert main(["teacher", "train", str(cfg), "data.image_size=12"]) == 0
     (smaller,) = _teacher_folders(tmp_path) - {auto}
     assert load_domain_teacher(smaller).preprocess_config()["image_size"] == 12
+    capsys.readouterr()
     assert main(["teacher", "train", str(cfg), "domain.image_size=8"]) == 0
+    assert "3 classes, 8 px) ->" in capsys.readouterr().out
     (own,) = _teacher_folders(tmp_path) - {auto, smaller}
     teacher = load_domain_teacher(own)
     assert teacher.preprocess_config()["image_size"] == 8

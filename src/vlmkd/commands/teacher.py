@@ -111,7 +111,8 @@ def run_train(args: argparse.Namespace) -> int:
         device,
         log=logger.log,
     )
-    print(f"domain teacher ({len(pool)} {split} images, {pool.num_classes} classes) -> {folder}")
+    size = teacher.preprocess_config()["image_size"]
+    print(f"domain teacher ({len(pool)} {split} images, {pool.num_classes} classes, {size} px) -> {folder}")
     print(f"use it with: clip.name=domain:{folder}")
     if "test" in manifests:
         plain = _class_texts(cfg, manifests["test"].class_names, encoder, enriched=False)
