@@ -7,8 +7,10 @@ model (ResNet-50 by default), 224 px RandomResizedCrop + flip, SGD, bf16 autocas
   `--warmup` steps: the loop syncs with the GPU when it logs, so not every step, as the plain loop does not);
 - plain: `webdataset.WebDataset(shards).shuffle().decode("pil")` -> torchvision transform -> timm model, the loop
   open_clip and timm users write by hand, timed over the same steps.
-Also the loader alone (vlmkd's training loader with all CPU cores, no model) to show whether decoding or the GPU
-is the limit. One JSON line: `vlmkd_img_s`, `plain_img_s`, `vlmkd_vs_plain` (goal >= 0.95), `loader_img_s`.
+Also what caps each loop: each loader alone (no model; timed over whole rounds of its workers after the first, so
+neither start-up nor a partial last round counts) and the model alone on one batch kept on the device. One JSON
+line: `vlmkd_img_s`, `plain_img_s`, `vlmkd_vs_plain` (goal >= 0.95), `loader_img_s` (vlmkd's loader),
+`plain_loader_img_s`, `loader_vs_plain`, `compute_img_s`, and `vlmkd_limit` / `plain_limit` (loader or compute).
 
     python benchmarks/train_throughput.py --device cuda [--n 6000 --batch 128 --steps 40 --workers 14]
 """
@@ -16,6 +18,7 @@ is the limit. One JSON line: `vlmkd_img_s`, `plain_img_s`, `vlmkd_vs_plain` (goa
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -32,28 +35,58 @@ from vlmkd.config import load_config  # noqa: E402
 from vlmkd.data import build_manifests  # noqa: E402
 from vlmkd.data.pack import pack  # noqa: E402
 
+LOADER_ROUNDS = 4  # whole rounds of every worker timed for each loader alone
 
-def vlmkd_rate(cfg, run: Path, warmup: int) -> tuple[float, float]:
+
+def round_rate(batches, workers: int, rounds: int) -> tuple[float, int]:
+    """(img/s, images timed) of a loader in steady state: timed from the end of its first round (batch `workers`:
+    every worker has started) over `rounds` whole rounds more. A DataLoader hands batch i to worker i % workers, so
+    whole rounds keep every worker busy; a partial last round (idle workers) or the start-up round would not."""
+    t0, n = None, 0
+    for i, b in enumerate(batches):
+        if i == workers:
+            t0 = time.perf_counter()
+        elif i > workers:
+            n += len(b["label"] if isinstance(b, dict) else b[1])
+        if i == workers * (rounds + 1):
+            break
+    else:
+        raise SystemExit(f"the loader ended before {workers * (rounds + 1)} batches; raise --n")
+    return n / (time.perf_counter() - t0), n
+
+
+def vlmkd_loader_rate(trainer, workers: int) -> float:
+    """vlmkd's training loader alone (the loop's own, no model), whole rounds of each epoch, over epochs until at
+    least LOADER_ROUNDS rounds are timed: every epoch starts fresh workers, as the loop does, so each is timed after its first."""
+    per_epoch = trainer.steps_per_epoch // workers - 1  # whole rounds after the first one
+    if per_epoch < 1:
+        raise SystemExit(
+            f"{trainer.steps_per_epoch} batches per epoch is under 2 rounds of {workers} workers"
+        )
+    secs = imgs = 0.0
+    epoch = 0
+    while epoch * per_epoch < LOADER_ROUNDS:
+        trainer.data.sampler.set_epoch(epoch)
+        trainer.data.dataset.set_epoch(epoch)
+        rate, n = round_rate(trainer._loader_from(0), workers, per_epoch)
+        secs, imgs, epoch = secs + n / rate, imgs + n, epoch + 1
+    return imgs / secs
+
+
+def vlmkd_rate(cfg, run: Path, args) -> tuple[float, float]:
     """(train img/s from metrics.jsonl step times after `warmup` steps, loader-only img/s)."""
     r = build_run(cfg, run)
-    trainer = r.trainer
-    trainer.data.sampler.set_epoch(0)
-    t0, n = None, 0
-    for i, b in enumerate(trainer._loader_from(0)):  # the loop's own loader, no model: decode + augmentation
-        if i == warmup:
-            t0 = time.perf_counter()
-        elif i > warmup:
-            n += len(b["label"])
-    loader = n / (time.perf_counter() - t0)
+    loader = vlmkd_loader_rate(r.trainer, args.workers)
     r.fit()
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     at = {rec["step"]: rec["time"] for rec in recs}  # logged every `warmup` steps: a host sync only there
     last = max(at)
-    return (last - warmup) * cfg.data.batch_size / (at[last] - at[warmup]), loader
+    return (last - args.warmup) * cfg.data.batch_size / (at[last] - at[args.warmup]), loader
 
 
-def plain_rate(shards: list[str], args, device: torch.device) -> float:
-    import timm
+def plain_loader(shards: list[str], args, device: torch.device):
+    """The loader people write by hand: webdataset shard shuffle, a 1,000-sample buffer, PIL decode, torchvision
+    transform, batched in the workers (an endless stream)."""
     import torchvision.transforms as T
     import webdataset as wds
 
@@ -74,13 +107,19 @@ def plain_rate(shards: list[str], args, device: torch.device) -> float:
         .batched(args.batch, partial=False)
         .repeat()
     )
-    loader = wds.WebLoader(ds, batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda")
+    return wds.WebLoader(ds, batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda")
+
+
+def plain_steps(batches, args, device: torch.device) -> float:
+    """img/s of the plain timm loop over `batches` (x, y), timed over steps `warmup`..`steps`."""
+    import timm
+
     model = timm.create_model(args.model, num_classes=10).to(device)
     amp = device.type == "cuda"
     if amp:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    it = iter(loader)
+    it = iter(batches)
     t0, n = None, 0
     for step in range(args.steps):
         if step == args.warmup:
@@ -101,6 +140,13 @@ def plain_rate(shards: list[str], args, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return n / (time.perf_counter() - t0)
+
+
+def compute_rate(args, device: torch.device) -> float:
+    """The same loop on one batch kept on the device: the model's ceiling, with no loader at all."""
+    x = torch.randn(args.batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    return plain_steps(itertools.repeat((x, y)), args, device)
 
 
 def main() -> None:
@@ -161,8 +207,10 @@ def main() -> None:
                 "eval.select_on=val",
             ],
         )
-        plain = plain_rate(shards, args, device)
-        ours, loader = vlmkd_rate(cfg, d / "run", args.warmup)
+        compute = compute_rate(args, device)
+        plain_loader_rate, _ = round_rate(plain_loader(shards, args, device), args.workers, LOADER_ROUNDS)
+        plain = plain_steps(plain_loader(shards, args, device), args, device)
+        ours, loader = vlmkd_rate(cfg, d / "run", args)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     out = {
         "device": name,
@@ -175,6 +223,12 @@ def main() -> None:
         "plain_img_s": round(plain, 1),
         "vlmkd_vs_plain": round(ours / plain, 3),
         "loader_img_s": round(loader, 1),
+        "plain_loader_img_s": round(plain_loader_rate, 1),
+        "loader_vs_plain": round(loader / plain_loader_rate, 3),
+        "compute_img_s": round(compute, 1),
+        # what caps each loop: the slower of its loader alone and the model on a device-resident batch
+        "vlmkd_limit": "loader" if loader < compute else "compute",
+        "plain_limit": "loader" if plain_loader_rate < compute else "compute",
     }
     print(json.dumps(out))
 
