@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from vlmkd.data.images import open_image, sample_path
+from vlmkd.data.images import fetch_bytes, open_image, sample_path
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ConfigError, DataError
 from vlmkd.utils.rng import seeded_call
@@ -64,8 +64,17 @@ class ManifestDataset(Dataset):
         return len(self.manifest)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._get(i)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A batch (what DataLoader asks a worker for): the items `__getitem__` gives, but images inside shards on
+        object storage are requested together first, so a batch waits about one round trip, not one per image."""
+        fetched = fetch_bytes(self.manifest, [int(i) for i in indices])
+        return [self._get(int(i), fetched.get(int(i))) for i in indices]
+
+    def _get(self, i: int, fetched: tuple[bytes, str] | BaseException | None = None) -> dict[str, Any]:
         try:
-            return self._item(i, self._open(i), i)
+            return self._item(i, self._open(i, fetched), i)
         except DataError as e:
             if self.on_bad_image != "skip":
                 raise
@@ -76,9 +85,9 @@ class ManifestDataset(Dataset):
         j, img = self._replacement(i)
         return {**self._item(j, img, i), **bad}
 
-    def _open(self, i: int):
+    def _open(self, i: int, fetched: tuple[bytes, str] | BaseException | None = None):
         as_array = getattr(self.transform, "accepts_arrays", False)
-        return open_image(self.manifest, i, as_array, **self.decode_options)
+        return open_image(self.manifest, i, as_array, fetched=fetched, **self.decode_options)
 
     def _item(self, j: int, img, aug_index: int) -> dict[str, Any]:
         """Sample j's item; augmentation drawn for `aug_index` (a stand-in gets the draw of the sample it replaces).

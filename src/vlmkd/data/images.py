@@ -30,6 +30,7 @@ __all__ = [
     "array_source",
     "check_image",
     "confined_path",
+    "fetch_bytes",
     "is_image_file",
     "load_image",
     "open_image",
@@ -59,12 +60,14 @@ def open_image(
     max_side: int | None = None,
     shorter_side: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    fetched: tuple[bytes, str] | BaseException | None = None,
 ) -> Image.Image | np.ndarray:
     """The i-th sample as a PIL image (RGB or L). Unreadable files raise DataError naming the file.
 
     as_array: array-backed datasets (CIFAR, Fashion-MNIST) return their uint8 H x W (x 3) row as it is, which
     transforms that accept arrays use to skip a PIL round trip. mode: "RGB", "L" or None (keep gray as "L").
     max_side / shorter_side / max_pixels: see `load_image` (files only; array rows are small and decoded).
+    fetched: this sample's entry of `fetch_bytes` (its bytes, or the failure to raise), read beforehand.
     """
     if manifest.indices is not None:
         arr = np.ascontiguousarray(array_source(manifest)[int(manifest.indices[i])])
@@ -74,13 +77,27 @@ def open_image(
         return im.convert(mode) if mode and im.mode != mode else im
     opts = {"mode": mode, "max_side": max_side, "shorter_side": shorter_side, "max_pixels": max_pixels}
     if scheme_of(manifest.root):
-        return load_image_bytes(*sample_bytes(manifest, i), **opts)
+        if isinstance(fetched, BaseException):
+            raise fetched
+        return load_image_bytes(*(fetched or sample_bytes(manifest, i)), **opts)
     return load_image(confined_path(manifest.root, manifest.paths[i]), **opts)
 
 
 def sample_bytes(manifest: Manifest, i: int) -> tuple[bytes, str]:
     """(encoded image bytes, a name for messages) of sample i of a container-backed manifest (shards, Parquet)."""
     return reader(manifest.root).read(manifest.paths[i])
+
+
+def fetch_bytes(manifest: Manifest, idx: list[int]) -> dict[int, tuple[bytes, str] | BaseException]:
+    """sample -> (bytes, name) or its failure, for samples `idx` of a container whose reader reads many at once
+    (shards: on object storage one round trip for them all, not one per image); {} for any other manifest, whose
+    samples `open_image` reads one by one."""
+    if manifest.indices is not None or not scheme_of(manifest.root):
+        return {}
+    r = reader(manifest.root)
+    if not hasattr(r, "read_many"):
+        return {}
+    return dict(zip(idx, r.read_many([manifest.paths[i] for i in idx])))
 
 
 def sample_digests(manifest: Manifest, idx: np.ndarray, workers: int = 8) -> np.ndarray:

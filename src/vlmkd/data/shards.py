@@ -193,16 +193,42 @@ class WdsReader:
     def read(self, path: str) -> tuple[bytes, str]:
         """(image bytes, "shard:key" for messages); DataError naming the shard and key if it cannot be read."""
         j = self._position(path)
-        url, key = self.urls[int(self.shard[j])], self.keys[j]
-        name = f"{url}:{key}"
+        self._check(j)
+        return self._checked(
+            j, self.bytes.read(self.urls[int(self.shard[j])], int(self.offset[j]), int(self.size[j]))
+        )
+
+    def read_many(self, paths: list[str]) -> list[tuple[bytes, str] | BaseException]:
+        """`read` of each path, a failure in its place; on object storage all in flight at once (`ByteReader`)."""
+        out: list[tuple[bytes, str] | BaseException | None] = [None] * len(paths)
+        todo: list[tuple[int, int]] = []  # (position in paths, sample)
+        for k, path in enumerate(paths):
+            try:
+                j = self._position(path)
+                self._check(j)
+                todo.append((k, j))
+            except DataError as e:
+                out[k] = e
+        ranges = [(self.urls[int(self.shard[j])], int(self.offset[j]), int(self.size[j])) for _, j in todo]
+        for (k, j), data in zip(todo, self.bytes.read_many(ranges)):
+            try:
+                out[k] = data if isinstance(data, BaseException) else self._checked(j, data)
+            except DataError as e:
+                out[k] = e
+        return out  # type: ignore[return-value]
+
+    def _check(self, j: int) -> None:
         if j in self.problems:
+            url, key = self.urls[int(self.shard[j])], self.keys[j]
             raise DataError(f"sample {key!r} in shard {url!r} {self.problems[j]}; {HINT}")
-        data = self.bytes.read(url, int(self.offset[j]), int(self.size[j]))
+
+    def _checked(self, j: int, data: bytes) -> tuple[bytes, str]:
+        url, key = self.urls[int(self.shard[j])], self.keys[j]
         if len(data) < int(self.size[j]):
             raise DataError(
                 f"sample {key!r} in shard {url!r} is truncated ({len(data)} of {int(self.size[j])} bytes); {HINT}"
             )
-        return data, name
+        return data, f"{url}:{key}"
 
     def digests(self, paths) -> np.ndarray:
         """sha256 (S32) of each sample's image bytes, zeros where unreadable: the content keys of `describe`.
