@@ -4,6 +4,7 @@ shards, a batch's images requested at once, and the bad-input policy unchanged."
 from __future__ import annotations
 
 import importlib.util
+import threading
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from test_shards import cfg_for, png, write_tar
 
 from helpers_range_server import RangeServer
-from vlmkd.data import build_manifests
+from vlmkd.data import build_manifests, shards
 from vlmkd.data.dataset import ManifestDataset, collate_skip
 from vlmkd.errors import DataError
 
@@ -104,3 +105,41 @@ def test_a_protocol_without_its_package_is_one_line():
         DataError, match=r"reading 's3://bucket/[^']+': Install s3fs to access S3; pip install"
     ):
         manifest("s3://bucket/s-{0..0}.tar")
+
+
+def test_shards_over_http_are_indexed_in_parallel_and_each_once(tmp_path, monkeypatch):
+    """Two builders at once (the ranks of a node share the index cache) over 8 shards: each shard is scanned once,
+    in parallel threads, and the indexes equal the local shards' offsets and keys."""
+    for s in range(8):
+        write_tar(
+            tmp_path / f"s-{s}.tar",
+            [(f"{s}{k}.cls", b"0") for k in range(3)] + [(f"{s}{k}.png", png(k)) for k in range(3)],
+        )
+    scanned, lock = [], threading.Lock()
+    scan = shards.scan_shard
+
+    def counting(url):
+        with lock:
+            scanned.append(url)
+        return scan(url)
+
+    monkeypatch.setattr(shards, "scan_shard", counting)
+    local = [shards.shard_index(str(tmp_path / f"s-{s}.tar")) for s in range(8)]
+    scanned.clear()
+    with RangeServer(tmp_path, latency_s=0.02) as srv:
+        urls = [f"{srv.url}/s-{s}.tar" for s in range(8)]
+        start, results = threading.Barrier(2), [None, None]
+
+        def build(k):
+            start.wait()
+            results[k] = list(shards.shard_indexes(urls))
+
+        threads = [threading.Thread(target=build, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert srv.max_in_flight > 1
+    assert sorted(scanned) == sorted(urls)  # each once, though two builders wanted every one
+    for got in results:
+        assert [i["samples"] for i in got] == [i["samples"] for i in local]

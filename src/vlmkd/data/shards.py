@@ -14,11 +14,15 @@ one-line error naming the shard and the sample's key, or a counted, named skip.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,7 @@ NO_DIGEST = b"\0" * 32  # the digest of an unreadable sample (describe's MISSING
 IMAGE_EXTS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 _SMALL_FIELDS = ("cls", "json")
 _MAX_SMALL = 1 << 20  # label and metadata members larger than this are not metadata
+SCAN_THREADS = 16  # shards indexed at once (remote scans wait on the network, not the CPU)
 
 
 def split_member(name: str) -> tuple[str | None, str]:
@@ -138,20 +143,69 @@ def _cache_stem(url: str) -> str:
     return artifact_key({"v": INDEX_VERSION, **file_fingerprint(url)})[:32]
 
 
-def shard_index(url: str) -> dict[str, Any]:
-    """`scan_shard`, cached per (URL, size, mtime): a rerun or a loader worker reads one small JSON file."""
-    cache = Path(index_cache_dir()) / f"{_cache_stem(url)}.json"
+def _cached_index(cache: Path) -> dict[str, Any] | None:
     try:
         return json.loads(cache.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        pass
-    idx = scan_shard(url)
+        return None
+
+
+@contextlib.contextmanager
+def _scan_lock(cache: Path):
+    """An exclusive lock on `<cache>.lock` while a shard is scanned: the processes (and threads) sharing the
+    cache, such as the ranks of a node, scan each shard once between them, the others waiting and then reading the
+    index it wrote. Without a writable cache, no lock (each scans for itself, as without a cache)."""
     try:
-        with atomic_path(cache) as tmp:
-            Path(tmp).write_text(json.dumps(idx), encoding="utf-8")
-    except OSError as e:  # a read-only cache costs a rescan next time, nothing else
-        log.warning("cannot cache the index of %s (%s)", url, e)
-    return idx
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{cache}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def shard_index(url: str) -> dict[str, Any]:
+    """`scan_shard`, cached per (URL, size, mtime): a rerun or a loader worker reads one small JSON file."""
+    found = _index_or_cache(url)
+    return found if isinstance(found, dict) else _cached_index(found) or scan_shard(url)
+
+
+def _index_or_cache(url: str) -> Path | dict[str, Any]:
+    """The path of the shard's cached index, made if missing; the index itself if it cannot be cached."""
+    cache = Path(index_cache_dir()) / f"{_cache_stem(url)}.json"
+    if cache.is_file():
+        return cache
+    with _scan_lock(cache):
+        if cache.is_file():  # written by whoever held the lock before us
+            return cache
+        idx = scan_shard(url)
+        try:
+            with atomic_path(cache) as tmp:
+                Path(tmp).write_text(json.dumps(idx), encoding="utf-8")
+        except OSError as e:  # a read-only cache costs a rescan next time, nothing else
+            log.warning("cannot cache the index of %s (%s)", url, e)
+            return idx
+    return cache
+
+
+def shard_indexes(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """`shard_index` of every shard, in order, one at a time in memory. Missing indexes are made first in
+    `SCAN_THREADS` threads: on object storage each shard's size check and scan wait on the network, so a list of
+    thousands is indexed in parallel, not one shard after another. Under torchrun the ranks of a node start at
+    different shards (by LOCAL_RANK), so with the lock in `_index_or_cache` they share the scanning."""
+    local, per_node = int(os.environ.get("LOCAL_RANK", 0)), max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    start = (local % per_node) * len(urls) // per_node
+    order = [(start + k) % len(urls) for k in range(len(urls))]
+    found: list[Path | dict[str, Any] | None] = [None] * len(urls)
+    with ThreadPoolExecutor(max(1, min(SCAN_THREADS, len(urls)))) as pool:
+        for k, f in zip(order, pool.map(lambda k: _index_or_cache(urls[k]), order)):
+            found[k] = f
+    for url, f in zip(urls, found):
+        yield f if isinstance(f, dict) else _cached_index(f) or scan_shard(url)
 
 
 class WdsReader:
@@ -160,8 +214,8 @@ class WdsReader:
     def __init__(self, spec: str):
         self.urls = expand_spec(spec)
         shard, keys, paths, off, size, problems = [], [], [], [], [], {}
-        for s, url in enumerate(self.urls):
-            for rec in shard_index(url)["samples"]:
+        for s, idx in enumerate(shard_indexes(self.urls)):
+            for rec in idx["samples"]:
                 if rec[8]:
                     problems[len(paths)] = rec[8]
                 shard.append(s)
@@ -321,8 +375,7 @@ def shard_manifest(spec: str, split: str, class_names: list[str] | None, on_bad:
     root = container_root("wds", spec)
     r = reader(root)  # the sample index, built here once: forked loader workers inherit it
     ids, paths, labels, names, j = [], [], [], {}, 0
-    for url in r.urls:
-        idx = shard_index(url)
+    for url, idx in zip(r.urls, shard_indexes(r.urls)):
         if idx["truncated"] is not None:
             msg = f"shard {url!r} is truncated after sample {idx['truncated']!r} (later samples are lost)"
             if on_bad != "skip":
