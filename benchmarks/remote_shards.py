@@ -10,8 +10,9 @@ loader_throughput.py) over three sources, one warm-up epoch each, then R timed e
   did before batches were fetched at once, and what any loader that reads by offset one sample at a time does);
 - `http`: the shards over HTTP as vlmkd reads them now (`ManifestDataset.__getitems__`: a batch's images requested
   at once, fsspec `cat_ranges`).
-One JSON line: img/s per source, `http_vs_serial` and `http_vs_local` (medians of side-by-side ratios) and the
-server's request count per image.
+One JSON line: img/s per source, `http_vs_serial` and `http_vs_local` (medians of side-by-side ratios), the
+server's request count per image, and the seconds to index the shard list over HTTP from an empty cache, one shard
+at a time vs `SCAN_THREADS` at once (`index_speedup`).
 
     python benchmarks/remote_shards.py [--n 2000] [--workers 2] [--latency-ms 20] [--rounds 3]
 """
@@ -35,8 +36,9 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 from helpers_range_server import RangeServer  # noqa: E402
 from loader_throughput import RECIPE, Loader, make_jpegs  # noqa: E402
 from vlmkd.config import load_config  # noqa: E402
-from vlmkd.data import build_manifests  # noqa: E402
+from vlmkd.data import build_manifests, shards  # noqa: E402
 from vlmkd.data.pack import pack  # noqa: E402
+from vlmkd.data.sharded import expand_spec  # noqa: E402
 
 
 class ItemByItem(Dataset):
@@ -61,6 +63,20 @@ def serve(root: str, latency_s: float, urls, stats) -> None:
         while True:
             time.sleep(0.2)
             stats.value = srv.requests
+
+
+def index_time(spec: str, cache: Path, threads: int | None) -> float:
+    """Seconds to index the shard list from an empty cache (a first run), with `threads` scanning at once."""
+    os.environ["VLMKD_INDEX_CACHE"] = str(cache)
+    keep = shards.SCAN_THREADS
+    shards.SCAN_THREADS = threads or keep
+    try:
+        t0 = time.perf_counter()
+        list(shards.shard_indexes(expand_spec(spec)))
+        return time.perf_counter() - t0
+    finally:
+        shards.SCAN_THREADS = keep
+        os.environ["VLMKD_INDEX_CACHE"] = str(cache.parent / "index_cache")
 
 
 def main() -> None:
@@ -88,6 +104,9 @@ def main() -> None:
         try:
             url = urls.get(timeout=30)
             spec = f"{url}/train-{{000000..{len(shards) - 1:06d}}}.tar"
+            index_s = {
+                k: index_time(spec, d / f"index_{k}", threads) for k, threads in (("serial", 1), ("", None))
+            }
             local = load_config(
                 RECIPE, ["data.format=wds", f"data.root={d / 'shards'}", "data.train_list=null", *none]
             )
@@ -126,6 +145,10 @@ def main() -> None:
         "http_vs_serial": round(ratio("http", "http_serial"), 3),
         "http_vs_local": round(ratio("http", "local"), 3),
         "http_requests_per_image": round(requests["http"] / (args.n * args.rounds), 3),
+        # indexing the shard list over HTTP from an empty cache: one shard at a time vs SCAN_THREADS at once
+        "index_s_serial": round(index_s["serial"], 3),
+        "index_s": round(index_s[""], 3),
+        "index_speedup": round(index_s["serial"] / index_s[""], 2),
         "load_avg_1m": round(os.getloadavg()[0], 1),
     }
     print(json.dumps(out))

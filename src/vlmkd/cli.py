@@ -13,6 +13,7 @@ import sys
 
 from vlmkd import __version__
 from vlmkd.errors import VlmkdError
+from vlmkd.utils.logging import setup_console_logging
 
 # Order in which stages are listed by `vlmkd --help`; modules not listed here follow alphabetically.
 _ORDER = [
@@ -52,8 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vlmkd.utils.logging import setup_console_logging
-
     setup_console_logging()
     parser = build_parser()
     # Overrides may come after options (`train CFG --run-dir R a.b=1`): collect them from the leftovers.

@@ -28,8 +28,24 @@ import numpy as np
 from PIL import Image
 
 from vlmkd.data.images import load_image
+from vlmkd.data.transforms import eval_ops
 from vlmkd.errors import ArtifactError, ConfigError, DataError
 from vlmkd.eval.class_list import applies_calibration, list_scores
+from vlmkd.eval.generalized import SeenCalibration
+from vlmkd.export import (
+    PREPROCESS_FILE,
+    is_export_dir,
+    load_runtime,
+    preprocess_record,
+    read_class_store,
+    read_export,
+)
+from vlmkd.export.classes import export_library
+from vlmkd.export.formats import TorchRuntime, output_names
+from vlmkd.export.measure import export_calibration
+from vlmkd.export.texts import resolve_classes, run_library, seen_mask
+from vlmkd.students.io import load_student
+from vlmkd.utils.io import read_json
 from vlmkd.utils.progress import progress
 
 OUTPUT_FORMATS = ("table", "json", "csv")
@@ -75,8 +91,6 @@ def build_transform(pre: dict[str, Any]):
     """PIL image -> C x H x W float32 array: the student's evaluation transform (`data.transforms.eval_ops`)."""
     from torchvision import transforms as T
 
-    from vlmkd.data.transforms import eval_ops
-
     ops = T.Compose(eval_ops(pre))
     mode = "L" if int(pre["in_chans"]) == 1 else "RGB"
 
@@ -93,8 +107,6 @@ def load_model(path: str | Path, device: str = "cpu", classes: list[str] | None 
     """A Predictor from an export folder (ONNX, TorchScript, safetensors), a run folder, or student.safetensors.
 
     `classes`: zero-shot among these class names instead of the model's own list."""
-    from vlmkd.export import PREPROCESS_FILE, is_export_dir, load_runtime, read_class_store, read_export
-    from vlmkd.utils.io import read_json
 
     p = Path(path)
     if not p.exists():
@@ -120,7 +132,6 @@ def load_model(path: str | Path, device: str = "cpu", classes: list[str] | None 
                 "(`vlmkd export RUN --head zero_shot`) or the run folder"
             )
         return model
-    from vlmkd.export.measure import export_calibration
 
     names, rows, seen = _export_classes(info, class_text, classes)
     return replace(
@@ -136,8 +147,6 @@ def load_model(path: str | Path, device: str = "cpu", classes: list[str] | None 
 
 def _export_classes(info: dict[str, Any], class_text: np.ndarray, classes: list[str] | None):
     """(names, rows, seen flags): the export's own rows for names it has, the others embedded like `classes add`."""
-    from vlmkd.export.classes import export_library
-    from vlmkd.export.texts import resolve_classes
 
     names = list(info["names"])
     seen = np.array(info.get("seen") or [False] * len(names), dtype=bool)
@@ -151,10 +160,6 @@ def _export_classes(info: dict[str, Any], class_text: np.ndarray, classes: list[
 
 
 def _from_run(path: Path, device: str, classes: list[str] | None = None) -> Predictor:
-    from vlmkd.export import preprocess_record
-    from vlmkd.export.formats import TorchRuntime, output_names
-    from vlmkd.students.io import load_student
-
     student, meta = load_student(path, device)
     names = list(meta.get("class_names") or [f"class_{i}" for i in range(student.num_classes)])
     pre = preprocess_record(meta)
@@ -167,9 +172,6 @@ def _from_run(path: Path, device: str, classes: list[str] | None = None) -> Pred
             source=str(path),
         )
     if student.proj is not None and (classes or ev.get("mode") == "cosine"):
-        from vlmkd.eval.generalized import SeenCalibration
-        from vlmkd.export.texts import resolve_classes, run_library, seen_mask
-
         run_dir = path if path.is_dir() else path.parent
         lib = run_library(run_dir, meta)
         names = list(classes or lib.seen)

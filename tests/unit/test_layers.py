@@ -100,3 +100,24 @@ def test_no_two_modules_import_each_other():
     edges_ = module_edges()
     both = sorted(f"{a} <-> {b}" for a, b in edges_ if (b, a) in edges_ and a < b)
     assert not both, both
+
+
+def test_vlmkd_imports_are_at_module_level_outside_the_commands():
+    """A function-local import hides a module's dependencies (and can hide a cycle). Only the command modules
+    and cli.py keep theirs local: `vlmkd --help` imports every command module, and should not pay for what each
+    command loads."""
+    local = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "commands" or rel.name == "cli.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vlmkd"):
+                    local.append(f"{rel}:{node.lineno}: from {node.module} import ...")
+                elif isinstance(node, ast.Import) and any(a.name.startswith("vlmkd") for a in node.names):
+                    local.append(f"{rel}:{node.lineno}: import ...")
+    assert not local, "move these to the module's imports:\n" + "\n".join(sorted(local))

@@ -232,7 +232,7 @@ def test_without_support_matches_ids():
 
 
 def test_few_shot_eval_excludes_support_from_x_ood(raw, monkeypatch):
-    import vlmkd.eval.predict as predict
+    import vlmkd.eval.fewshot as fewshot
 
     ms = build_manifests(_cfg(raw))
     seen: list[Manifest] = []
@@ -243,7 +243,7 @@ def test_few_shot_eval_excludes_support_from_x_ood(raw, monkeypatch):
         n = len(manifest)
         return {"embedding": rng.normal(size=(n, 4)), "labels": manifest.labels, "index": np.arange(n)}
 
-    monkeypatch.setattr(predict, "student_outputs", fake_outputs)
+    monkeypatch.setattr(fewshot, "student_outputs", fake_outputs)
     texts = {"train": np.eye(4)[:2], "ood_test": np.eye(4)[2:]}
     res = few_shot_eval(None, ms, texts, _cfg(raw), shots=2, method="tip_adapter")
     queries, support = seen

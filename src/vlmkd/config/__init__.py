@@ -46,6 +46,7 @@ from vlmkd.config.training import (
     default_losses,
 )
 from vlmkd.errors import ConfigError
+from vlmkd.utils.io import atomic_write
 
 
 @dataclass
@@ -86,8 +87,6 @@ def load_config(
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from vlmkd.utils.io import atomic_write
-
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 

@@ -24,6 +24,7 @@ from vlmkd.data.manifest import Manifest
 from vlmkd.data.paths import IMAGE_EXTENSIONS, confined_path, is_image_file
 from vlmkd.data.sharded import reader, scheme_of
 from vlmkd.errors import DataError
+from vlmkd.utils.progress import progress
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -132,7 +133,6 @@ def unreadable_files(
     reduced scale where the format allows), which also finds truncated pixel data. Files are checked in threads:
     on network storage the time is spent waiting for reads.
     """
-    from vlmkd.utils.progress import progress
 
     todo = {}
     for m in manifests.values():

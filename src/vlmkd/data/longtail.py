@@ -10,6 +10,7 @@ import numpy as np
 from vlmkd.config import LongTailConfig, SplitConfig
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ConfigError, DataError
+from vlmkd.registry import suggest
 
 
 def exponential_profile(num_classes: int, n_max: int, imbalance_factor: float) -> np.ndarray:
@@ -138,7 +139,6 @@ def bucket_of_counts(counts: np.ndarray, many_threshold: int = 100, few_threshol
 
 def novel_class_ids(entries: list, class_names: list[str] | None) -> list[int]:
     """data.split.novel_classes as class ids: integers are ids, strings are class names (did-you-mean on a typo)."""
-    from vlmkd.registry import suggest
 
     out = []
     names = list(class_names or [])

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from vlmkd.demo.methods import BSM, IM_CST, KD, LONGTAIL_METHODS, OOD_METHODS, TEXT
+from vlmkd.eval.predict import student_outputs
+from vlmkd.teachers.domain import image_embeddings
 
 # The long-tail specialist is the demo's best long-tail method, the OOD specialist its best OOD method (both chosen
 # on val); the combined student is one model.head=both student with every loss, scored and exported through its
@@ -71,8 +73,6 @@ def teacher_alignment(demo: Any, trainer: Any) -> float | None:
 
     The zero-shot head inherits the teacher's image-text alignment only as far as the student's embedding sits in
     the teacher's image space; this measures that without any novel-class image or label."""
-    from vlmkd.eval.predict import student_outputs
-    from vlmkd.teachers.domain import image_embeddings
 
     val = trainer.manifests.get("val")
     if val is None or getattr(trainer.task.student, "proj", None) is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlmkd.demo.combined import COMBINED_COLS, VAL_COLS
 from vlmkd.eval.generalized import generalized_table_lines
 
 
@@ -67,7 +68,6 @@ def combined_lines(summary: dict[str, Any]) -> list[str]:
     rows = summary.get("combined") or {}
     if not rows:
         return []
-    from vlmkd.demo.combined import COMBINED_COLS, VAL_COLS
 
     novel = ", ".join(summary["ood_setup"]["novel_classes"])
     lines = [

@@ -15,7 +15,18 @@ import yaml
 from vlmkd.compose.train import build_run
 from vlmkd.config import ClassTextConfig, Config, load_config
 from vlmkd.data import build_manifests
+from vlmkd.demo.combined import COMBINED_COLS, VAL_COLS, combined_rows
 from vlmkd.demo.methods import LONGTAIL_METHODS, OOD_METHODS, PLAIN_TEXT_METHODS
+from vlmkd.demo.report import print_tables, write_demo_report
+from vlmkd.describe import describe_manifest
+from vlmkd.describe.store import DescriptionStore
+from vlmkd.eval.fewshot import few_shot_eval
+from vlmkd.eval.generalized import CalibrationSpec, mean_generalized, student_generalized
+from vlmkd.teachers.domain import fit_domain_teacher, settings_from_config, zero_shot_eval
+from vlmkd.text.classtext import build_class_texts, load_class_texts
+from vlmkd.text.encoders import build_text_encoder
+from vlmkd.text.store import embed_descriptions
+from vlmkd.utils.io import write_json
 from vlmkd.utils.logging import log
 
 HONEST_NOTE = (
@@ -101,12 +112,6 @@ class Demo:
 
     # --------------------------------------------------------------------------------------------- artifacts
     def build_artifacts(self) -> dict[str, Any]:
-        from vlmkd.describe import describe_manifest
-        from vlmkd.describe.store import DescriptionStore
-        from vlmkd.text.classtext import build_class_texts, load_class_texts
-        from vlmkd.text.encoders import build_text_encoder
-        from vlmkd.text.store import embed_descriptions
-
         t0 = time.time()
         cfg = self.config()
         self.manifests = build_manifests(cfg.data)
@@ -154,9 +159,6 @@ class Demo:
     def text_artifacts(self, *overrides: str) -> list[str]:
         """Descriptions and their embeddings for the student set of `overrides` (other data, other describe
         settings: the combined section's base-class set, the sweep's label-conditioned ablation)."""
-        from vlmkd.describe import describe_manifest
-        from vlmkd.describe.store import DescriptionStore
-        from vlmkd.text.store import embed_descriptions
 
         cfg = self.config(*overrides)
         folder = describe_manifest(build_manifests(cfg.data)["train"], cfg.describe, teacher=self.teacher)
@@ -164,8 +166,6 @@ class Demo:
         return [f"text.descriptions={folder}", f"text.embeddings={emb.path}"]
 
     def domain_teacher(self, cfg: Config):
-        from vlmkd.teachers.domain import fit_domain_teacher, settings_from_config
-
         settings = settings_from_config(cfg.domain, epochs=self.s.teacher_epochs)
         info = {"name": cfg.embed.encoder, "model": cfg.embed.model, "encoder_id": self.encoder.encoder_id}
         return fit_domain_teacher(
@@ -181,7 +181,6 @@ class Demo:
 
     def evaluate_teacher(self) -> dict[str, Any]:
         """Zero-shot accuracy of the domain teacher on the test set with plain vs enriched class texts."""
-        from vlmkd.teachers.domain import zero_shot_eval
 
         test = self.manifests["test"]
         out = zero_shot_eval(self.teacher, test, self.texts, self.device)
@@ -203,7 +202,6 @@ class Demo:
 
     def few_shot(self, trainer: Any, seed: int) -> dict[str, Any]:
         """N-shot accuracy of a trained embedding student on the novel classes (the paper's fine-tune protocol)."""
-        from vlmkd.eval.fewshot import few_shot_eval
 
         return few_shot_eval(
             trainer.task.student,
@@ -236,8 +234,6 @@ class Demo:
         return res
 
     def ood(self) -> dict[str, list[dict[str, float]]]:
-        from vlmkd.eval.generalized import CalibrationSpec, student_generalized
-
         novel = "[" + ",".join(str(c) for c in self.s.novel_classes) + "]"
         base = [
             f"data.split.novel_classes={novel}",
@@ -284,8 +280,6 @@ def _mean_std(rows: list[dict[str, Any]], keys: list[str]) -> tuple[dict[str, An
 
 
 def summarise(demo: Demo, lt: dict, ood: dict, combined: dict | None = None) -> dict[str, Any]:
-    from vlmkd.eval.generalized import mean_generalized
-
     train = demo.manifests["train"]
     methods = {}
     for m, rows in lt.items():
@@ -337,8 +331,6 @@ def summarise(demo: Demo, lt: dict, ood: dict, combined: dict | None = None) -> 
 
 
 def _summarise_combined(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from vlmkd.demo.combined import COMBINED_COLS, VAL_COLS
-
     mean, std = _mean_std(rows, [*COMBINED_COLS, *VAL_COLS])
     return {**mean, "std": std, "seeds": len(rows)}
 
@@ -352,8 +344,6 @@ def run_demo(
     parts: tuple[str, ...] = ("longtail", "ood", "combined"),
     settings: DemoSettings | None = None,
 ) -> dict[str, Any]:
-    from vlmkd.demo.report import print_tables, write_demo_report
-    from vlmkd.utils.io import write_json
 
     t0 = time.time()
     settings = settings or replace(QUICK if quick else FULL)
@@ -362,7 +352,6 @@ def run_demo(
     artifacts = demo.build_artifacts()
     lt = demo.longtail() if "longtail" in parts else {}
     ood = demo.ood() if "ood" in parts else {}
-    from vlmkd.demo.combined import combined_rows
 
     combined = combined_rows(demo) if "combined" in parts else {}
     demo.timings["total"] = round(time.time() - t0, 1)

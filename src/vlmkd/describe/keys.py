@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmkd.data.images import sample_digests
+from vlmkd.data.images import array_source, confined_path, sample_digests
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.sharded import scheme_of
 from vlmkd.utils.io import artifact_key, atomic_path
@@ -49,8 +49,6 @@ def _file_digest(path: Path) -> bytes:
 
 
 def _array_keys(manifest: Manifest, idx: np.ndarray) -> np.ndarray:
-    from vlmkd.data.images import array_source
-
     src = array_source(manifest)
     out = np.empty(len(idx), dtype="S32")
     for j, i in enumerate(idx):
@@ -181,7 +179,6 @@ def image_keys(
         return _array_keys(manifest, idx)
     if scheme_of(manifest.root):  # inside shards / Parquet: the member's bytes, the same key as the file's
         return sample_digests(manifest, idx, workers)
-    from vlmkd.data.images import confined_path
 
     paths = [manifest.paths[i] for i in idx]
     full = [confined_path(manifest.root, p) for p in paths]

@@ -29,7 +29,7 @@ import numpy as np
 
 from vlmkd.data.images import open_image
 from vlmkd.data.manifest import Manifest
-from vlmkd.describe.base import Description
+from vlmkd.describe.base import Description, build_describer
 from vlmkd.describe.keys import MISSING, cache_folder, image_keys
 from vlmkd.describe.store import MERGED, RowLog, write_view
 from vlmkd.errors import BackendError, DataError, VlmkdError
@@ -250,7 +250,6 @@ def describe_manifest(
     The view is written when every row of the manifest is in the log and `merge` is true; read it with
     `DescriptionStore(folder)`. Raises BackendError when the failure rate passes `cfg.max_failure_rate`.
     """
-    from vlmkd.describe.base import build_describer
 
     describer = describer or build_describer(cfg, teacher)
     n, identity = int(cfg.n_descriptions), describer.identity()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.utils.io import atomic_path, read_json
 
 GAMMA_GRID = np.round(np.arange(0.0, 2.0 + 1e-9, 0.001), 4)  # cosine gaps span [0, 2]
 # standardized scores (in cosine units via `scale`) may need a negative gamma: they can overcorrect the bias
@@ -154,8 +155,6 @@ class ScoreNorm:
     def save(self, path: str | Path) -> None:
         from safetensors.numpy import save_file
 
-        from vlmkd.utils.io import atomic_path
-
         with atomic_path(Path(path)) as tmp:
             save_file(
                 {"mean": self.mean.astype(np.float32), "cov": self.cov.astype(np.float32)},
@@ -208,7 +207,6 @@ class SeenCalibration:
         """The calibration recorded for a run folder by `vlmkd eval` or by training with eval.generalized=true
         (calibration.json, score_norm.safetensors), else that of an older run's summary.json (cosine); none
         (gamma 0, cosine) when it was never calibrated."""
-        from vlmkd.utils.io import read_json
 
         run_dir = Path(run_dir)
         if (run_dir / "calibration.json").is_file():

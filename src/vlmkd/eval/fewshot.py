@@ -21,6 +21,8 @@ from vlmkd.data.dataset import ManifestDataset, collate_skip
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.transforms import build_transform
 from vlmkd.errors import ConfigError
+from vlmkd.eval.metrics import classification_metrics
+from vlmkd.eval.predict import cosine_logits, student_outputs
 from vlmkd.utils.progress import progress
 
 
@@ -168,8 +170,6 @@ def few_shot_eval(
 ) -> dict:
     """N-shot accuracy on the novel classes' test images (`ood_test`), support drawn from their training images
     (`ood`), by fine-tuning (the paper's protocol) or training-free Tip-Adapter retrieval (its ablation)."""
-    from vlmkd.eval.metrics import classification_metrics
-    from vlmkd.eval.predict import cosine_logits, student_outputs
 
     if not {"ood", "ood_test"} <= set(manifests) or "ood_test" not in class_text:
         raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlmkd.utils.io import atomic_write, write_json
 from vlmkd.utils.logging import read_metrics
 
 
@@ -59,8 +60,6 @@ def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     """summary.json, kept small whatever the class count: confusion matrices (C x C, 66M cells at 8,142 classes)
     move to confusion.npz (compressed, one int array per split), per-class accuracies are rounded to 4 decimals."""
     import numpy as np
-
-    from vlmkd.utils.io import atomic_write, write_json
 
     run_dir = Path(run_dir)
     confusion = {}

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlmkd import __version__
 from vlmkd.errors import ArtifactError, ConfigError
 from vlmkd.eval.class_list import score_form
+from vlmkd.eval.generalized import SCORE_NORM_FILE, SeenCalibration
 from vlmkd.export.card import (
     count_flops,
     count_params,
@@ -50,6 +52,8 @@ from vlmkd.export.formats import (
     write_torchscript,
 )
 from vlmkd.export.measure import EXPORT_FILE, measure_class_list
+from vlmkd.export.texts import TextLibrary, resolve_classes, run_library, seen_mask
+from vlmkd.students.io import export_student, load_student
 from vlmkd.utils.io import atomic_write, read_json, write_json
 
 __all__ = [
@@ -129,7 +133,6 @@ def _zero_shot_head(
 ) -> tuple[list[str], list[list[str]], np.ndarray, dict[str, Any], dict[str, Any]]:
     """(names, texts, rows, encoder record, extra) of a zero-shot export: the run's own class-text rows where it
     has them (see `vlmkd.export.texts`), the calibration `cal` (a SeenCalibration) and the seen-class flags."""
-    from vlmkd.export.texts import TextLibrary, resolve_classes, run_library, seen_mask
 
     lib = run_library(run_dir, meta)
     if templates:  # explicit templates replace the run's texts for every name
@@ -191,7 +194,6 @@ def export_model(
     and untrained names compete (`vlmkd.eval.class_list`); `measure_accuracy` scores the run's student with
     this class list on the run's test images for the model card (what `vlmkd eval RUN --classes` reports).
     """
-    from vlmkd.students.io import export_student, load_student
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -230,8 +232,6 @@ def export_model(
     if head == "zero_shot":
         from dataclasses import replace
 
-        from vlmkd.eval.generalized import SCORE_NORM_FILE, SeenCalibration
-
         cal = SeenCalibration.of_run(run_dir)
         if gamma is None and (run_dir / "calibration.json").is_file():  # its measured result goes on the card
             calibration = read_json(run_dir / "calibration.json")
@@ -269,8 +269,6 @@ def export_model(
         if len(names) != student.num_classes:
             raise ConfigError(f"{len(names)} class names for a {student.num_classes}-class classifier")
         write_json(out_dir / CLASSES_FILE, {"mode": "classifier", "names": names})
-
-    from vlmkd import __version__
 
     record = {
         "format": fmt,

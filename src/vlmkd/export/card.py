@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlmkd.describe.store import DescriptionStore
+from vlmkd.errors import VlmkdError
+
 NOT_MEASURED = "not measured"
 HEADS = {"classifier": "classifier head", "zero_shot": "embedding head (cosine to the class texts)"}
 
@@ -84,8 +87,6 @@ def _teachers(config: dict[str, Any]) -> list[str]:
 
 def _store_describer(path: str | None) -> dict[str, Any] | None:
     """The describer recorded by the description store the run trained on (it, not the recipe, wrote the texts)."""
-    from vlmkd.describe.store import DescriptionStore
-    from vlmkd.errors import VlmkdError
 
     try:
         return DescriptionStore(path).meta.get("describer") if path else None

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.students.io import load_student
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 MODEL_FILES = {
@@ -177,8 +178,6 @@ def load_runtime(export_dir: Path, manifest: dict[str, Any], device: str = "cpu"
             export_dir / manifest.get("model_file", MODEL_FILES["torchscript"]), outputs, device
         )
     if fmt == "safetensors":
-        from vlmkd.students.io import load_student
-
         student, _ = load_student(export_dir)
         return TorchRuntime(student, outputs, manifest.get("head") == "zero_shot", device)
     raise ArtifactError(

@@ -12,10 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from vlmkd.config import load_config
+from vlmkd.data import build_manifests
 from vlmkd.errors import VlmkdError
 from vlmkd.eval.calibration import SCORE_NORM_FILE, ScoreNorm, SeenCalibration
 from vlmkd.eval.class_list import class_list_accuracy, score_form
 from vlmkd.export.texts import run_library
+from vlmkd.students.io import load_student
 from vlmkd.utils.io import read_json
 
 EXPORT_FILE = "export.json"
@@ -36,9 +39,6 @@ def measure_class_list(
 ) -> dict[str, Any]:
     """class_list_accuracy on the run's test images, or {"names", "seen", "scores", "error"} saying why it could
     not be measured (no config.yaml, data moved); never raises for a run that cannot be re-read."""
-    from vlmkd.config import load_config
-    from vlmkd.data import build_manifests
-    from vlmkd.students.io import load_student
 
     seen = np.asarray(seen, dtype=bool)
     base = {"names": list(names), "seen": seen.tolist(), "scores": score_form(calibration, seen)}

@@ -25,11 +25,15 @@ import torch
 from vlmkd.config import Config
 from vlmkd.data import build_manifests
 from vlmkd.data.pack import pack
+from vlmkd.describe.store import DescriptionStore
 from vlmkd.errors import ConfigError
+from vlmkd.tasks.index_map import description_index_map
 from vlmkd.tasks.providers import BuildContext, replay_feature_rows, replayed_vision_logits
-from vlmkd.tasks.sources import describe_sources
+from vlmkd.tasks.sources import class_text_matrix, describe_sources
 from vlmkd.teachers.reinforced import CARD, FORMAT
-from vlmkd.utils.io import artifact_key, save_npy, write_json
+from vlmkd.teachers.vision import load_vision_teacher
+from vlmkd.utils.io import artifact_key, resolve_store, save_npy, write_json
+from vlmkd.utils.rowread import open_rows
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -58,8 +62,6 @@ def export_dataset(cfg: Config, out: str | Path, max_bytes: int, device: str = "
     card: dict[str, Any] = {"format": FORMAT, "version": 1, "num_views": int(features.num_views)}
     keys = {"teacher_features": Path(features.path).parent.name, "manifest": train.key()}
     if cfg.teacher.name and cfg.teacher.name != "clip" and cfg.teacher.view == "replay":
-        from vlmkd.teachers.vision import load_vision_teacher
-
         teacher, teacher_id = load_vision_teacher(
             cfg.teacher, train.num_classes, cfg.data.in_chans, ctx.device
         )
@@ -102,11 +104,6 @@ def export_dataset(cfg: Config, out: str | Path, max_bytes: int, device: str = "
 
 
 def _descriptions(cfg: Config, train, sources: dict, fields: dict, keys: dict) -> dict[str, list[str]]:
-    from vlmkd.describe.store import DescriptionStore
-    from vlmkd.tasks.index_map import description_index_map
-    from vlmkd.utils.io import resolve_store
-    from vlmkd.utils.rowread import open_rows
-
     array_path, index_path = description_index_map(cfg, train)
     sources["text_rows"], sources["text_index"] = open_rows(array_path), open_rows(index_path)
     n, dim = sources["text_index"].shape[1], sources["text_rows"].shape[-1]
@@ -132,7 +129,5 @@ def _sample_fields(i: int, sources: dict, texts: dict | None, train) -> dict[str
 
 
 def _class_text(cfg: Config) -> tuple[np.ndarray, list[str]]:
-    from vlmkd.tasks.sources import class_text_matrix
-
     matrix, names, _ = class_text_matrix(cfg)
     return np.asarray(matrix, dtype=np.float16), list(names)

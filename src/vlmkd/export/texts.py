@@ -16,8 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from vlmkd.config import load_config
 from vlmkd.errors import ArtifactError, ConfigError
 from vlmkd.export.encode import build_encoder, embed_classes
+from vlmkd.tasks.sources import class_text_matrix
+from vlmkd.text.classtext import display_name, fill
+from vlmkd.text.coop import learned_rows
+from vlmkd.text.store import EmbeddingStore
 
 DEFAULT_TEMPLATES = ["a photo of a {name}."]
 
@@ -39,7 +44,6 @@ class TextLibrary:
 
 def template_texts(name: str, templates: list[str]) -> list[str]:
     """The run's templates filled with a class name, as `vlmkd classtext` fills them."""
-    from vlmkd.text.classtext import display_name, fill
 
     return [fill(t, display_name(name)) for t in templates]
 
@@ -55,24 +59,17 @@ def run_library(run_dir: str | Path, meta: dict[str, Any]) -> TextLibrary:
         for n, t in zip(lib.seen, ev["class_texts"]):
             lib.texts[n] = [t] if isinstance(t, str) else list(t)
     if (run_dir / "config.yaml").is_file():
-        from vlmkd.config import load_config
-
         cfg = load_config(run_dir / "config.yaml")
         lib.templates = list(cfg.classtext.templates or DEFAULT_TEMPLATES)
         if cfg.text.class_embeddings and Path(cfg.text.class_embeddings).exists():
             _add_store(lib, cfg)
     learned = ev.get("class_text_learned")
     if learned:  # a CoOp run: the rows it learned (the export cannot rerun the text tower with its context)
-        from vlmkd.text.coop import learned_rows
-
         lib.rows.update(zip(learned["names"], learned_rows(learned, learned["names"])))
     return lib
 
 
 def _add_store(lib: TextLibrary, cfg: Any) -> None:
-    from vlmkd.tasks.sources import class_text_matrix
-    from vlmkd.text.store import EmbeddingStore
-
     matrix, names, texts = class_text_matrix(cfg)
     store_id = EmbeddingStore(cfg.text.class_embeddings).meta.get("encoder_id")
     if lib.encoder.get("encoder_id") and store_id and store_id != lib.encoder["encoder_id"]:

@@ -23,11 +23,28 @@ from torch import nn
 
 from vlmkd.config import Config
 from vlmkd.data.manifest import Manifest
+from vlmkd.data.transforms import preprocess_config
 from vlmkd.errors import ConfigError
 from vlmkd.losses.kd import densify_topk
 from vlmkd.registry import Registry
+from vlmkd.tasks.rows import ReplayRows, ReplaySparseRows, StoreRows
+from vlmkd.tasks.sources import (
+    check_same_space,
+    check_teacher_texts,
+    image_text_rows,
+    load_class_text,
+    match_class_text,
+    teacher_feature_rows,
+)
+from vlmkd.teachers.clip import load_clip_teacher
+from vlmkd.teachers.features import teacher_features as compute_teacher_features
+from vlmkd.teachers.features import view_params_path
 from vlmkd.teachers.reinforced import class_text as reinforced_class_text
 from vlmkd.teachers.reinforced import reinforced_arrays, reinforced_card
+from vlmkd.teachers.replay import replayed_teacher_logits
+from vlmkd.teachers.view import TeacherView
+from vlmkd.teachers.vision import cached_teacher_logits, load_vision_teacher
+from vlmkd.teachers.zero_shot import ZeroShotClassifier
 
 PROVIDERS = Registry("loss input provider")
 SALT = {"text_emb": 1, "caption_emb": 2, "teacher_features": 3}  # independent choices per input
@@ -49,8 +66,6 @@ class BuildContext:
 
     def class_text(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self._class_text is None:
-            from vlmkd.tasks.sources import load_class_text, match_class_text
-
             stored = self.reinforced() and reinforced_class_text(self.cfg.data, self.reinforced()[0])
             if stored:  # the class texts shipped with a reinforced dataset
                 self._class_text = match_class_text(stored[0], stored[1], self.manifests)
@@ -164,9 +179,6 @@ def build_providers(ctx: BuildContext, needed: set[str]) -> dict[str, Provider]:
 
 
 def _image_text(name: str, ctx: BuildContext) -> Provider:
-    from vlmkd.tasks.rows import StoreRows
-    from vlmkd.tasks.sources import image_text_rows
-
     cfg = ctx.cfg
     stored = ctx.reinforced()
     if stored and "text_emb" in stored[1]:  # the description embeddings shipped with the dataset
@@ -196,8 +208,6 @@ def class_text(ctx: BuildContext) -> Provider:
 def teacher_features(ctx: BuildContext) -> Provider:
     cfg = ctx.cfg
     if cfg.clip.view in ("clean", "augmented_k"):
-        from vlmkd.tasks.sources import teacher_feature_rows
-
         rows = teacher_feature_rows(cfg, ctx.train, ctx.device, "pick", SALT["teacher_features"])
         return Provider("teacher_features", rows, dim=rows.dim)
     if cfg.clip.view == "replay":
@@ -222,12 +232,9 @@ def teacher_logits(ctx: BuildContext) -> Provider:
         return _zero_shot_teacher(ctx)
     stored = ctx.reinforced()
     if cfg.teacher.mode == "cached" and stored and "topk_values" in stored[1]:  # shipped with the dataset
-        from vlmkd.tasks.rows import ReplaySparseRows
-
         a = stored[1]
         rows = ReplaySparseRows(a["topk_values"], a["topk_indices"], a["params"], cfg.train.seed)
         return SparseLogits(rows, ctx.train.num_classes)
-    from vlmkd.teachers.vision import cached_teacher_logits, load_vision_teacher
 
     teacher, teacher_id = load_vision_teacher(
         cfg.teacher, ctx.train.num_classes, cfg.data.in_chans, ctx.device
@@ -238,7 +245,6 @@ def teacher_logits(ctx: BuildContext) -> Provider:
         return replayed_vision_logits(ctx, teacher, teacher_id)
     if cfg.teacher.view != "clean":
         raise ConfigError(f"teacher.view must be clean or replay, got {cfg.teacher.view!r}")
-    from vlmkd.tasks.rows import StoreRows
 
     logits = cached_teacher_logits(
         teacher, teacher_id, ctx.train, cfg.data, cfg.teacher.cache_dir, ctx.device
@@ -249,8 +255,6 @@ def teacher_logits(ctx: BuildContext) -> Provider:
 def replay_feature_rows(ctx: BuildContext, teacher: Any = None):
     """The CLIP teacher's features on K replayed views (`vlmkd teach` with clip.view=replay; computed when
     missing), served with the views' parameters so the dataset replays them for the student."""
-    from vlmkd.tasks.rows import ReplayRows
-    from vlmkd.teachers.features import teacher_features, view_params_path
 
     cfg = ctx.cfg
     stored = ctx.reinforced()
@@ -259,14 +263,12 @@ def replay_feature_rows(ctx: BuildContext, teacher: Any = None):
     if not cfg.clip.name:
         raise ConfigError("clip.view=replay needs clip.name (the teacher whose features are cached)")
     teacher = teacher or _clip_teacher(ctx)[0]
-    feats = teacher_features(teacher, ctx.train, cfg.clip, device=str(ctx.device), data_cfg=cfg.data)
+    feats = compute_teacher_features(teacher, ctx.train, cfg.clip, device=str(ctx.device), data_cfg=cfg.data)
     return ReplayRows(feats.filename, view_params_path(feats), cfg.train.seed)
 
 
 def replayed_vision_logits(ctx: BuildContext, teacher: Any, teacher_id: str) -> Provider:
     """A vision teacher's top-k probabilities on clip.num_views replayed views (computed when missing)."""
-    from vlmkd.tasks.rows import ReplaySparseRows
-    from vlmkd.teachers.replay import replayed_teacher_logits
 
     cfg = ctx.cfg
     folder = replayed_teacher_logits(
@@ -286,17 +288,11 @@ def replayed_vision_logits(ctx: BuildContext, teacher: Any, teacher_id: str) -> 
 
 
 def _clip_teacher(ctx: BuildContext):
-    from vlmkd.data.transforms import preprocess_config
-    from vlmkd.teachers.clip import load_clip_teacher
-    from vlmkd.teachers.view import TeacherView
-
     teacher = load_clip_teacher(ctx.cfg.clip.name, ctx.cfg.clip.revision, device=str(ctx.device))
     return teacher, TeacherView(preprocess_config(ctx.cfg.data), teacher.preprocess_config())
 
 
 def _zero_shot_teacher(ctx: BuildContext) -> Provider:
-    from vlmkd.tasks.sources import check_same_space, check_teacher_texts
-
     cfg = ctx.cfg
     if cfg.teacher.mode == "cached" and ctx.reinforced():  # the dataset's stored views, no teacher
         class_text_arr = ctx.class_text()[0]
@@ -307,8 +303,6 @@ def _zero_shot_teacher(ctx: BuildContext) -> Provider:
         raise ConfigError("teacher.name=clip needs clip.name (the CLIP teacher that classifies zero-shot)")
     class_text_arr = ctx.class_text()[0]
     if cfg.teacher.mode == "cached":  # the clip.view features, cached by `vlmkd teach`
-        from vlmkd.tasks.sources import teacher_feature_rows
-
         teacher, _ = _clip_teacher(ctx)
         check_teacher_texts(teacher, cfg, ctx.train.class_names, class_text_arr)
         if (
@@ -326,8 +320,6 @@ def _zero_shot_teacher(ctx: BuildContext) -> Provider:
 def _zero_shot_classifier(ctx: BuildContext) -> tuple[nn.Module, str]:
     """(the clip teacher as a live zero-shot classifier over the training classes' texts, on student pixels; its
     id): the live KD teacher, and the teacher the run's end scores."""
-    from vlmkd.tasks.sources import check_teacher_texts
-    from vlmkd.teachers.zero_shot import ZeroShotClassifier
 
     cfg = ctx.cfg
     class_text_arr = ctx.class_text()[0]
@@ -349,7 +341,6 @@ def kd_teacher_classifier(ctx: BuildContext) -> tuple[nn.Module, str] | None:
     if cfg.teacher.name == "clip":  # built the way the run's provider built it (which checked clip.name)
         classifier, teacher_id = _zero_shot_classifier(ctx)
         return classifier.to(ctx.device), teacher_id
-    from vlmkd.teachers.vision import load_vision_teacher
 
     teacher, teacher_id = load_vision_teacher(
         cfg.teacher, ctx.train.num_classes, cfg.data.in_chans, ctx.device

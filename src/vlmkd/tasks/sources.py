@@ -15,8 +15,17 @@ import numpy as np
 import torch
 
 from vlmkd.config import Config
+from vlmkd.data.images import unreadable_files
 from vlmkd.data.manifest import Manifest
+from vlmkd.describe.store import DescriptionStore
 from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.tasks.index_map import description_index_map
+from vlmkd.tasks.rows import LabelRows, StoreRows
+from vlmkd.teachers.clip import load_clip_teacher
+from vlmkd.teachers.features import class_text_features, teacher_features
+from vlmkd.text.classtext import class_texts, load_class_texts
+from vlmkd.text.encoders import build_text_encoder
+from vlmkd.text.store import EmbeddingStore, class_embedding_matrix
 from vlmkd.utils.logging import log
 
 
@@ -27,7 +36,6 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def image_text_rows(cfg: Config, manifest: Manifest, salt: int = 1):
     """Per-image text embeddings as a row source: one description sampled per (seed, epoch, image) with
     text.multi=sample, the renormalised mean of the image's descriptions with average."""
-    from vlmkd.tasks.rows import LabelRows, StoreRows
 
     if cfg.text.source == "class_templates":  # ablation: descriptions replaced by "a photo of a {c}."
         return LabelRows(class_template_embeddings(cfg, manifest), manifest.labels)
@@ -40,7 +48,6 @@ def image_text_rows(cfg: Config, manifest: Manifest, salt: int = 1):
             "the text loss needs text.descriptions and text.embeddings (run `vlmkd describe` and "
             "`vlmkd embed`), or text.source=class_templates"
         )
-    from vlmkd.tasks.index_map import description_index_map
 
     array_path, index_path = description_index_map(cfg, manifest)
     rows = StoreRows(
@@ -55,8 +62,6 @@ def _require_descriptions(cfg: Config, manifest: Manifest, missing: np.ndarray) 
     """Every readable training image needs a description. Under data.on_bad_image=skip, unreadable images (which
     describe skips) are replaced by readable stand-ins in training, so their missing rows are never read."""
     if cfg.data.on_bad_image == "skip":
-        from vlmkd.data.images import unreadable_files
-
         cap = cfg.data.max_image_pixels or None
         bad = unreadable_files({"train": manifest.subset(missing)}, cap, decode=True)
         missing = [i for i in missing if manifest.paths is None or manifest.paths[i] not in bad]
@@ -70,9 +75,6 @@ def class_template_embeddings(cfg: Config, manifest: Manifest) -> np.ndarray:
     """C x D float16: each class's "a photo of a {c}." templates embedded (as `vlmkd classtext`), averaged."""
     from dataclasses import replace
 
-    from vlmkd.text.classtext import class_texts
-    from vlmkd.text.encoders import build_text_encoder
-
     enc = build_text_encoder(cfg.embed.encoder, cfg.embed.model, cfg.embed.revision, cfg.embed.device)
     texts = class_texts(manifest.class_names, replace(cfg.classtext, enriched=False))
     emb = enc.encode([t for ts in texts for t in ts])
@@ -85,7 +87,6 @@ def class_text_matrix(cfg: Config) -> tuple[np.ndarray, list[str], list[list[str
         raise ConfigError(
             "class-text embeddings are needed; run `vlmkd classtext` and set text.class_embeddings"
         )
-    from vlmkd.text.store import EmbeddingStore, class_embedding_matrix
 
     store = EmbeddingStore(cfg.text.class_embeddings)
     names = store.meta.get("class_names")
@@ -98,7 +99,6 @@ def class_text_matrix(cfg: Config) -> tuple[np.ndarray, list[str], list[list[str
 
 def class_texts_of(store_path: Path, names: list[str]) -> list[list[str]] | None:
     """The texts behind a class-text embedding store (`<classtext>/<key>/embeddings/<key>`), when they match."""
-    from vlmkd.text.classtext import load_class_texts
 
     for folder in (store_path.parent.parent, store_path.parent):
         if (folder / "classtexts.json").is_file():
@@ -141,9 +141,6 @@ def teacher_feature_rows(
         raise ConfigError(
             "a loss needs teacher image features; set clip.name (e.g. open_clip:ViT-L-14/openai)"
         )
-    from vlmkd.tasks.rows import StoreRows
-    from vlmkd.teachers.clip import load_clip_teacher
-    from vlmkd.teachers.features import teacher_features
 
     teacher = teacher or load_clip_teacher(cfg.clip.name, cfg.clip.revision, device=str(device))
     feats = teacher_features(teacher, manifest, cfg.clip, device=str(device))
@@ -157,8 +154,6 @@ def check_teacher_texts(
     enough (two different 512-d towers agree on it), so up to `sample` classes' texts are re-embedded with the
     teacher's tower and compared with the stored rows (`rows`, one per name in `class_names`)."""
     check_same_space(int(teacher.embed_dim), rows.shape[1])
-    from vlmkd.teachers.features import class_text_features
-    from vlmkd.text.store import EmbeddingStore
 
     _, names, texts = class_text_matrix(cfg)
     if texts is None:
@@ -193,8 +188,6 @@ def describe_sources(cfg: Config) -> dict[str, Any]:
     """Provenance of the text supervision, for summaries and model cards."""
     out: dict[str, Any] = {}
     if cfg.text.descriptions:
-        from vlmkd.describe.store import DescriptionStore
-
         with contextlib.suppress(
             Exception
         ):  # provenance only; a missing store is reported by training itself

@@ -23,7 +23,10 @@ from PIL import Image
 from vlmkd.errors import BackendError, ConfigError
 from vlmkd.registry import Registry
 from vlmkd.teachers.base import VisionLanguageTeacher
+from vlmkd.teachers.domain import load_domain_teacher
 from vlmkd.utils.device import resolve_device
+from vlmkd.utils.io import path_fingerprint
+from vlmkd.utils.offline import OFFLINE_ROUTE, check_hub, hub_offline
 from vlmkd.utils.provenance import record_model
 
 log = logging.getLogger("vlmkd")
@@ -62,7 +65,6 @@ def fingerprint(path: str | Path) -> str | None:
     files' bytes, remembered per (path, size, mtime) so it is computed once (`vlmkd.utils.io.path_fingerprint`).
     Retrained or swapped weights at the same path get a new teacher_id, hence a new feature cache; a touched or
     copied file keeps it."""
-    from vlmkd.utils.io import path_fingerprint
 
     digest = path_fingerprint(path, _WEIGHT_PATTERNS)
     return digest[:12] if digest else None
@@ -74,7 +76,6 @@ def _freeze(model: torch.nn.Module, device: str) -> torch.nn.Module:
 
 def _route() -> str:
     """Offline (HF_HUB_OFFLINE), a missing download is final: point at the route that needs none."""
-    from vlmkd.utils.offline import OFFLINE_ROUTE, hub_offline
 
     return f" (HF_HUB_OFFLINE is set; {OFFLINE_ROUTE})" if hub_offline() else ""
 
@@ -99,8 +100,6 @@ class OpenClipTeacher:
         else:
             arch, _, pretrained = spec.partition("/")
         if spec.startswith("hf-hub:") or (pretrained and not Path(pretrained).exists()):
-            from vlmkd.utils.offline import check_hub
-
             check_hub(f"the open_clip weights {spec!r}")  # open_clip alone retries for ~50 s
         try:
             model, _, self._transform = open_clip.create_model_and_transforms(
@@ -183,8 +182,6 @@ class HFClipTeacher:
         except ImportError:
             raise ConfigError(f"hf teachers need transformers: {CLIP_EXTRA}") from None
         if not Path(spec).exists():
-            from vlmkd.utils.offline import check_hub
-
             check_hub(f"the Hugging Face model {spec!r}")
         try:
             model = AutoModel.from_pretrained(spec, revision=revision)
@@ -245,8 +242,6 @@ class HFClipTeacher:
 
 
 def _domain(spec: str, revision: str | None = None, device: str = "cpu") -> VisionLanguageTeacher:
-    from vlmkd.teachers.domain import load_domain_teacher
-
     if revision:
         log.warning(
             "clip.revision=%s is ignored for domain teachers (their id is their training key)", revision

@@ -21,13 +21,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vlmkd.config import DataConfig
+from vlmkd.config import DataConfig, from_dict
 from vlmkd.data.dataset import ManifestDataset, collate_skip
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.samplers import build_sampler
 from vlmkd.data.transforms import build_transform, preprocess_config
 from vlmkd.errors import ArtifactError
+from vlmkd.eval.metrics import classification_metrics
 from vlmkd.students import create_student
+from vlmkd.teachers.features import class_text_features
+from vlmkd.text.encoders import build_text_encoder
 from vlmkd.utils.io import artifact_key, atomic_path, read_json, write_json
 from vlmkd.utils.progress import progress
 
@@ -111,15 +114,12 @@ def load_domain_teacher(
             f"{str(folder)!r} is not a domain teacher folder (no teacher.json); run `vlmkd teacher train`"
         )
     spec = read_json(folder / "teacher.json")
-    from vlmkd.config import from_dict
 
     data_cfg = from_dict(DataConfig, spec.pop("data"))
     logit_scale = spec.pop("logit_scale")
     tower = _tower(spec["backbone"], data_cfg.in_chans, spec["embed_dim"])
     tower.load_state_dict(load_file(str(folder / "tower.safetensors")))
     if text_encoder is None:
-        from vlmkd.text.encoders import build_text_encoder
-
         te = spec["text_encoder"]
         text_encoder = build_text_encoder(te["name"], model=te.get("model"), revision=te.get("revision"))
     teacher = DomainTeacher(tower, text_encoder, data_cfg, logit_scale, spec)
@@ -168,7 +168,6 @@ def zero_shot_eval(
     """Zero-shot accuracy for each named set of class texts (e.g. plain vs enriched), the images embedded once.
 
     `classes`: score only the images of these classes, among these classes' texts (e.g. the novel classes)."""
-    from vlmkd.eval.metrics import classification_metrics
 
     classes = list(range(manifest.num_classes)) if classes is None else list(classes)
     keep = np.isin(manifest.labels, classes)
@@ -189,7 +188,6 @@ def zero_shot_eval(
 
 def class_embeddings(teacher: Any, class_texts: list[list[str]]) -> torch.Tensor:
     """C x D normalised class embeddings (each class's normalised text embeddings averaged)."""
-    from vlmkd.teachers.features import class_text_features
 
     return class_text_features(teacher, class_texts)
 

@@ -27,6 +27,7 @@ from vlmkd.data.dataset import collate_skip
 from vlmkd.data.images import open_image
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ArtifactError, ConfigError, DataError
+from vlmkd.eval.metrics import classification_metrics
 from vlmkd.teachers.replay import ReplayedViews, param_shape, replay_recipe
 from vlmkd.utils.dist import work_split
 from vlmkd.utils.io import artifact_key, load_npy, read_json, save_npy, write_json
@@ -389,7 +390,6 @@ def class_text_features(teacher: Any, class_texts: list[list[str]], batch_size: 
 
 def zero_shot_accuracy(image_feats: Any, class_feats: Any, labels: Any) -> dict[str, Any]:
     """classification_metrics of argmax cosine(image, class) (N x K x D image features: views averaged)."""
-    from vlmkd.eval.metrics import classification_metrics
 
     x = torch.as_tensor(np.asarray(image_feats, dtype=np.float32))
     if x.ndim == 3:

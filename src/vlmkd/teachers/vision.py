@@ -10,7 +10,10 @@ from torch import nn
 
 from vlmkd.config import DataConfig, VisionTeacherConfig
 from vlmkd.data.manifest import Manifest
+from vlmkd.data.transforms import preprocess_config
 from vlmkd.errors import ArtifactError, ConfigError
+from vlmkd.eval.predict import student_outputs
+from vlmkd.students.io import load_student
 from vlmkd.utils.dist import WorkSplit, work_split
 from vlmkd.utils.io import artifact_key, load_npy, path_fingerprint, read_json, write_json
 from vlmkd.utils.provenance import record_artifact, record_model
@@ -41,8 +44,6 @@ def load_vision_teacher(
         )
     p = Path(cfg.name)
     if p.exists():
-        from vlmkd.students.io import load_student
-
         model, meta = load_student(p, device)
         if meta["spec"]["num_classes"] != num_classes:
             raise ConfigError(
@@ -100,7 +101,6 @@ def cached_teacher_logits(
     """Teacher logits (float16 N x C) on the clean (eval-transform) view of every sample, cached under a content
     key. Under torchrun every rank must call it: each computes its shards of rows, rank 0 merges, then all read
     the cache (`vlmkd.utils.sharded`); no rank builds the whole cache."""
-    from vlmkd.data.transforms import preprocess_config
 
     key = artifact_key(
         {
@@ -140,8 +140,6 @@ def _finished_logits(folder: Path, key: str) -> bool:
 
 
 def _logit_rows(teacher, manifest: Manifest, lo: int, hi: int, c: int, data_cfg, device) -> np.ndarray:
-    from vlmkd.eval.predict import student_outputs
-
     part = manifest.subset(np.arange(lo, hi))
     out = student_outputs(_AsStudent(teacher), part, data_cfg, device, desc="teacher logits")
     logits = np.zeros((hi - lo, c), dtype=np.float16)  # rows of skipped images stay zero

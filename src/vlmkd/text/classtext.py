@@ -15,8 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vlmkd.errors import ConfigError, DataError
-from vlmkd.utils.io import artifact_key, read_json, write_json
+from vlmkd.describe.http import ChatClient
+from vlmkd.errors import ArtifactError, ConfigError, DataError
+from vlmkd.text.encoders import build_text_encoder
+from vlmkd.text.store import embed_texts
+from vlmkd.utils.device import resolve_device
+from vlmkd.utils.dist import build_once, work_split
+from vlmkd.utils.io import artifact_key, read_json, resolve_store, write_json
+from vlmkd.utils.offline import OFFLINE_ROUTE, check_server
 
 log = logging.getLogger("vlmkd")
 
@@ -121,9 +127,6 @@ def sentences_from_file(class_names: list[str], path: str | Path, label2text: st
 def sentences_openai(class_names: list[str], cfg: Any) -> list[list[str]]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from vlmkd.describe.http import ChatClient
-    from vlmkd.utils.offline import OFFLINE_ROUTE, check_server
-
     if not cfg.llm_base_url or not cfg.llm_model:
         raise ConfigError(
             "classtext.sentences_backend=openai needs classtext.llm_base_url and classtext.llm_model; without an "
@@ -155,8 +158,6 @@ def sentences_openai(class_names: list[str], cfg: Any) -> list[list[str]]:
 def sentences_transformers(class_names: list[str], cfg: Any) -> list[list[str]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from vlmkd.utils.device import resolve_device
 
     if not cfg.llm_model:
         raise ConfigError("classtext.llm_model is required for the transformers sentence backend")
@@ -251,8 +252,6 @@ def build_class_texts(
     (`<output>/<key16>/embeddings/`, ids "<class>#<j>"). Reuses what exists with the same key.
     Under torchrun every rank calls it: rank 0 writes the texts while the others wait, then the ranks share the
     embedding (`embed_texts`); `shard="I/N"` splits the embedding of a job array, `merge="only"` merges it."""
-    from vlmkd.errors import ArtifactError
-    from vlmkd.utils.dist import build_once, work_split
 
     key = classtext_key(class_names, cfg)
     folder = Path(cfg.output) / key[:16]
@@ -267,15 +266,11 @@ def build_class_texts(
     )
     data = read_json(path)
     if encoder is None and embed_cfg is not None:
-        from vlmkd.text.encoders import build_text_encoder
-
         encoder = build_text_encoder(
             embed_cfg.encoder, embed_cfg.model, embed_cfg.revision, embed_cfg.device, embed_cfg.batch_size
         )
     complete = True
     if encoder is not None:
-        from vlmkd.text.store import embed_texts
-
         flat = [t for ts in data["texts"] for t in ts]
         ids = [f"{c}#{j}" for c, ts in enumerate(data["texts"]) for j in range(len(ts))]
         store = embed_texts(
@@ -327,6 +322,5 @@ def dataset_class_names(manifests: dict[str, Any], split: str = "train") -> list
 
 def load_class_texts(path: str | Path) -> dict[str, Any]:
     """The classtexts.json of a classtext folder (or its parent, through LATEST)."""
-    from vlmkd.utils.io import resolve_store
 
     return read_json(resolve_store(path, marker="classtexts.json") / "classtexts.json")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmkd.errors import ConfigError
+from vlmkd.text.encoders import build_text_encoder
 
 PLACEHOLDER = "x"  # one token in CLIP's BPE and in BERT's WordPiece
 
@@ -214,7 +215,6 @@ def build_prompt_learner(
 
     `class_texts`: name -> the texts the context goes in front of; `dim`: the class-text store's dimension, which
     the tower must match (the learned matrix replaces the stored one)."""
-    from vlmkd.text.encoders import build_text_encoder
 
     encoder = build_text_encoder(embed.encoder, embed.model, embed.revision, device=str(device))
     if int(encoder.dim) != dim:

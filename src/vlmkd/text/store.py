@@ -24,7 +24,15 @@ import numpy as np
 
 from vlmkd.errors import ArtifactError, DataError
 from vlmkd.utils.dist import work_split
-from vlmkd.utils.io import artifact_key, atomic_path, load_npy, path_fingerprint, read_json, write_json
+from vlmkd.utils.io import (
+    artifact_key,
+    atomic_path,
+    load_npy,
+    path_fingerprint,
+    read_json,
+    resolve_store,
+    write_json,
+)
 from vlmkd.utils.progress import progress
 from vlmkd.utils.provenance import record_artifact, record_model
 from vlmkd.utils.rowread import open_rows
@@ -75,8 +83,6 @@ def _encode_rows(texts: list[str], encoder: Any, batch_size: int, desc: str) -> 
 
 class EmbeddingStore:
     def __init__(self, path: str | Path):
-        from vlmkd.utils.io import resolve_store
-
         self.path = resolve_store(path)
         self.meta = read_json(self.path / "meta.json")
         self.key = self.meta["key"]

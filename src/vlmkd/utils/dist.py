@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from vlmkd.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -77,7 +79,6 @@ def barrier() -> None:
 
 def parse_shard(text: str | None) -> tuple[int, int]:
     """ "I/N" -> (I, N); None -> torch.distributed RANK/WORLD_SIZE from the environment, else (0, 1)."""
-    from vlmkd.errors import ConfigError
 
     if text is None:
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkd.utils.dist import is_main
+from vlmkd.utils.io import atomic_write
 
 log = logging.getLogger("vlmkd")
 
@@ -80,7 +81,6 @@ class MetricsLogger:
             for line in self.path.read_text(encoding="utf-8").splitlines()
             if line.strip() and step and json.loads(line).get("step", 0) <= step
         ]
-        from vlmkd.utils.io import atomic_write
 
         atomic_write(self.path, lambda p: p.write_text("".join(x + "\n" for x in kept), encoding="utf-8"))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmkd.errors import ArtifactError
+from vlmkd.utils.io import read_json, resolve_store, write_json
 
 log = logging.getLogger("vlmkd")
 
@@ -61,8 +62,6 @@ def snapshot() -> dict[str, Any]:
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any]:
-    from vlmkd.utils.io import read_json
-
     path = Path(run_dir) / FILE
     if not path.is_file():
         raise ArtifactError(
@@ -72,8 +71,6 @@ def read_record(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _folder_key(folder: Path) -> str | None:
-    from vlmkd.utils.io import read_json
-
     for meta in (folder / "meta.json", folder / "classtexts.json"):
         if meta.is_file():
             return read_json(meta).get("key")
@@ -113,7 +110,6 @@ def previous_record(run_dir: Path, stem: str) -> tuple[Path, dict[str, Any]] | N
 def warn_if_moved(text_cfg: Any, run_dir: Path, stem: str) -> list[str]:
     """One warning line per store whose configured path now resolves to another artifact than the previous run of
     this name used (a LATEST pointer that moved); returns the lines."""
-    from vlmkd.utils.io import resolve_store
 
     prev = previous_record(run_dir, stem)
     if prev is None:
@@ -141,7 +137,6 @@ def warn_if_moved(text_cfg: Any, run_dir: Path, stem: str) -> list[str]:
 def finish_run(run_dir: str | Path, text_cfg: Any) -> dict[str, Any]:
     """Write `<run_dir>/artifacts.json` (main process) and return it. The description store is named here: the
     trainer reads it only through the embeddings made from it (their `source_key`)."""
-    from vlmkd.utils.io import resolve_store, write_json
 
     emb = _ARTIFACTS.get("embeddings")
     if emb and getattr(text_cfg, "descriptions", None):
