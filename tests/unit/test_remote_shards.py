@@ -15,6 +15,8 @@ from helpers_range_server import RangeServer
 from vlmkd.data import build_manifests, shards
 from vlmkd.data.dataset import ManifestDataset, collate_skip
 from vlmkd.errors import DataError
+from vlmkd.teachers.features import TeacherViews
+from vlmkd.teachers.replay import ReplayedViews
 
 pytest.importorskip("aiohttp")  # fsspec's http(s) filesystem (vlmkd[remote])
 
@@ -143,3 +145,32 @@ def test_shards_over_http_are_indexed_in_parallel_and_each_once(tmp_path, monkey
     assert sorted(scanned) == sorted(urls)  # each once, though two builders wanted every one
     for got in results:
         assert [i["samples"] for i in got] == [i["samples"] for i in local]
+
+
+class _Teacher:
+    """What TeacherViews reads of a teacher: its preprocessing (a plain 8 px tensor transform here)."""
+
+    def preprocess_config(self) -> dict:
+        return {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+
+    def preprocess(self, im):
+        return torch.from_numpy(np.array(im.resize((8, 8)), dtype=np.float32)).permute(2, 0, 1)
+
+
+def test_teach_datasets_over_http_request_a_batch_at_once(tmp_path):
+    """`vlmkd teach`'s datasets (the clean teacher views, the replayed augmented views) fetch like training."""
+    members = [
+        (f"{k:02d}.{ext}", b"0" if ext == "cls" else png(k)) for k in range(8) for ext in ("cls", "png")
+    ]
+    write_tar(tmp_path / "s-0.tar", members)
+    with RangeServer(tmp_path, latency_s=0.02) as srv:
+        spec = srv.url + "/s-{0..0}.tar"
+        cfg = cfg_for(None, format="wds", train_list=spec, image_size=8)
+        m = build_manifests(cfg.data)["train"]
+        for ds in (TeacherViews(_Teacher(), m, "clean"), ReplayedViews(m, cfg.data, num_views=2)):
+            one_by_one = [ds[i] for i in range(8)]
+            srv.max_in_flight = 0
+            batch = ds.__getitems__(list(range(8)))
+            assert srv.max_in_flight > 1, type(ds).__name__
+            for a, b in zip(batch, one_by_one):
+                assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)

@@ -27,7 +27,26 @@ MAX_REPLACEMENT_TRIES = 64
 BAD_KEY = "_bad_image"  # an item's field naming the unreadable file it stands for
 
 
-class ManifestDataset(Dataset):
+class BatchFetched(Dataset):
+    """A map-style dataset whose item i reads image i of `self.manifest`. DataLoader asks a worker for a batch
+    with `__getitems__`, which first requests the batch's images inside shards on object storage at once (the
+    batch waits about one round trip, not one per image), then builds each item with `_get(i, fetched)` exactly
+    as `__getitem__` builds it."""
+
+    manifest: Manifest
+
+    def __getitem__(self, i: int) -> Any:
+        return self._get(int(i))
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        fetched = fetch_bytes(self.manifest, [int(i) for i in indices])
+        return [self._get(int(i), fetched.get(int(i))) for i in indices]
+
+    def _get(self, i: int, fetched: tuple[bytes, str] | BaseException | None = None) -> Any:
+        raise NotImplementedError
+
+
+class ManifestDataset(BatchFetched):
     """Items are dicts: image, label, index (position in the manifest), plus one row of every extra array.
 
     `extras` maps a name to an array with one row per manifest sample (memory-mapped arrays are fine: only the
@@ -62,15 +81,6 @@ class ManifestDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.manifest)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self._get(i)
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        """A batch (what DataLoader asks a worker for): the items `__getitem__` gives, but images inside shards on
-        object storage are requested together first, so a batch waits about one round trip, not one per image."""
-        fetched = fetch_bytes(self.manifest, [int(i) for i in indices])
-        return [self._get(int(i), fetched.get(int(i))) for i in indices]
 
     def _get(self, i: int, fetched: tuple[bytes, str] | BaseException | None = None) -> dict[str, Any]:
         try:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vlmkd.data.dataset import collate_skip
+from vlmkd.data.dataset import BatchFetched, collate_skip
 from vlmkd.data.images import open_image
 from vlmkd.data.manifest import Manifest
 from vlmkd.errors import ArtifactError, ConfigError, DataError
@@ -134,7 +134,7 @@ def _convert(image, mode: str):
     return image.convert(mode) if image.mode != mode else image
 
 
-class TeacherViews(Dataset):
+class TeacherViews(BatchFetched):
     """Item i: {"image": C x H x W (clean) or K x C x H x W (augmented), "index": i}; None for a bad image
     when on_bad_image="skip" (its feature row stays zero)."""
 
@@ -158,9 +158,9 @@ class TeacherViews(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
+    def _get(self, i: int, fetched: tuple[bytes, str] | BaseException | None = None) -> dict[str, Any] | None:
         try:
-            image = open_image(self.manifest, i)
+            image = open_image(self.manifest, i, fetched=fetched)
         except DataError:
             if self.on_bad_image == "skip":
                 return None

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
-from vlmkd.data.dataset import collate_skip
+from vlmkd.data.dataset import BatchFetched, collate_skip
 from vlmkd.data.images import open_image
 from vlmkd.data.manifest import Manifest
 from vlmkd.data.transforms import build_transform, preprocess_config
@@ -86,7 +86,7 @@ def check_num_views(num_views: int) -> int:
     return int(num_views)
 
 
-class ReplayedViews(Dataset):
+class ReplayedViews(BatchFetched):
     """Item i: {"image": K x C x H x W (the K views, in the teacher's input space when `teacher_pre` is given,
     else the student's tensors), "params": K x P int32, "index": i}; None for a bad image with on_bad_image=skip.
 
@@ -111,9 +111,9 @@ class ReplayedViews(Dataset):
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
+    def _get(self, i: int, fetched: tuple[bytes, str] | BaseException | None = None) -> dict[str, Any] | None:
         try:
-            image = open_image(self.manifest, i, self.as_array, **self.decode)
+            image = open_image(self.manifest, i, self.as_array, fetched=fetched, **self.decode)
         except DataError:
             if self.on_bad_image == "skip":
                 return None
