@@ -19,3 +19,8 @@ class ArtifactError(VlmkdError):
 
 class BackendError(VlmkdError):
     """A model backend (VLM server, transformers model, CLIP) failed or is misconfigured."""
+
+
+class StorageError(VlmkdError):
+    """Reading a dataset from remote storage failed (unreachable, gone, refused): not a bad image, so never
+    skipped under data.on_bad_image=skip."""

@@ -14,7 +14,7 @@ from test_shards import cfg_for, png, write_tar
 from helpers_range_server import RangeServer
 from vlmkd.data import build_manifests, shards
 from vlmkd.data.dataset import ManifestDataset, collate_skip
-from vlmkd.errors import DataError
+from vlmkd.errors import DataError, StorageError
 from vlmkd.teachers.features import TeacherViews
 from vlmkd.teachers.replay import ReplayedViews
 
@@ -174,3 +174,17 @@ def test_teach_datasets_over_http_request_a_batch_at_once(tmp_path):
             assert srv.max_in_flight > 1, type(ds).__name__
             for a, b in zip(batch, one_by_one):
                 assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+
+
+def test_a_shard_gone_from_storage_is_one_line_and_never_skipped(tmp_path):
+    """A storage failure is not a bad image: one line naming shard and key, even under data.on_bad_image=skip."""
+    write_tar(tmp_path / "s-0.tar", [("a.cls", b"0"), ("a.png", png(5)), ("b.cls", b"0"), ("b.png", png(6))])
+    with RangeServer(tmp_path) as srv:
+        m = manifest(srv.url + "/s-{0..0}.tar")
+        (tmp_path / "s-0.tar").unlink()  # deleted from the bucket after indexing: every read is a 404
+        ds = seeded(m, on_bad_image="skip", replace_bad=True)
+        for read in (lambda: ds[0], lambda: ds.__getitems__([0, 1])):
+            with pytest.raises(
+                StorageError, match=r"reading sample 'a' from shard .*s-0\.tar' failed \(.*\); check"
+            ):
+                read()

@@ -46,7 +46,7 @@ from vlmkd.data.sharded import (
     register_reader,
 )
 from vlmkd.data.strings import StrArray
-from vlmkd.errors import DataError
+from vlmkd.errors import DataError, StorageError
 from vlmkd.utils.io import artifact_key, atomic_path
 
 log = logging.getLogger(__name__)
@@ -248,9 +248,13 @@ class WdsReader:
         """(image bytes, "shard:key" for messages); DataError naming the shard and key if it cannot be read."""
         j = self._position(path)
         self._check(j)
-        return self._checked(
-            j, self.bytes.read(self.urls[int(self.shard[j])], int(self.offset[j]), int(self.size[j]))
-        )
+        try:
+            data = self.bytes.read(self.urls[int(self.shard[j])], int(self.offset[j]), int(self.size[j]))
+        except DataError:
+            raise
+        except Exception as e:
+            raise self._failed(j, e) from e
+        return self._checked(j, data)
 
     def read_many(self, paths: list[str]) -> list[tuple[bytes, str] | BaseException]:
         """`read` of each path, a failure in its place; on object storage all in flight at once (`ByteReader`)."""
@@ -266,10 +270,26 @@ class WdsReader:
         ranges = [(self.urls[int(self.shard[j])], int(self.offset[j]), int(self.size[j])) for _, j in todo]
         for (k, j), data in zip(todo, self.bytes.read_many(ranges)):
             try:
-                out[k] = data if isinstance(data, BaseException) else self._checked(j, data)
+                if isinstance(data, DataError):
+                    out[k] = data
+                elif isinstance(data, BaseException):
+                    out[k] = self._failed(j, data)
+                else:
+                    out[k] = self._checked(j, data)
             except DataError as e:
                 out[k] = e
         return out  # type: ignore[return-value]
+
+    def _failed(self, j: int, e: BaseException) -> BaseException:
+        """A failed read of remote storage as one line naming shard and key; local failures stay as they are."""
+        url, key = self.urls[int(self.shard[j])], self.keys[j]
+        if not is_remote(url):
+            return e
+        first = (str(e).splitlines() or [""])[0]  # one line: some client errors span several
+        return StorageError(
+            f"reading sample {key!r} from shard {url!r} failed ({type(e).__name__}: {first}); "
+            "check that the storage is reachable and the shard still exists, then rerun"
+        )
 
     def _check(self, j: int) -> None:
         if j in self.problems:
